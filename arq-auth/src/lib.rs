@@ -1,0 +1,28 @@
+//! # arq-auth
+//!
+//! Who is calling, and what may they do: JWT RS256 verification with JWKS rotation, refresh
+//! tokens, API keys, RBAC, attribute-based policies in CEL and TOTP MFA, for axum services.
+//!
+//! The principal this crate produces implements [`arq_core::Identity`], which is how
+//! `arq-tenancy` reads the caller's tenant without depending on this crate.
+//!
+//! This crate is being built issue by issue; today it re-exports the identity vocabulary it
+//! builds on.
+//!
+//! # Example
+//!
+//! ```
+//! use arq_auth::Identity;
+//! use arq_core::TenantId;
+//!
+//! struct Caller(TenantId);
+//! impl Identity for Caller {
+//!     fn subject(&self) -> &str { "user-1" }
+//!     fn home_tenant(&self) -> Option<TenantId> { Some(self.0) }
+//!     fn roles(&self) -> &[String] { &[] }
+//! }
+//! let t = TenantId::generate();
+//! assert!(Caller(t).is_member_of(t));
+//! ```
+
+pub use arq_core::{CallerIdentity, Identity};
