@@ -6,6 +6,7 @@
 //!   ([`TraceParent`], [`TraceState`], [`TraceContext`]), the problem+json error type
 //!   ([`Problem`]) that every rejection turns into, and the [`Identity`] trait through which
 //!   tenancy learns who is calling without depending on `arq-auth`;
+//! - [`metrics`]: the one registry every crate records into and `/metrics` serves;
 //! - resilience, rate limiting, the HTTP edge stack, configuration and telemetry, each added by
 //!   its own module as it lands.
 //!
@@ -42,6 +43,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod identity;
+pub mod metrics;
 mod problem;
 mod request_id;
 mod tenant;
