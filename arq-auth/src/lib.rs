@@ -14,7 +14,9 @@
 //!   rotation without downtime;
 //! - **refresh tokens** ([`RefreshTokenStore`]) and **API keys** ([`ApiKeyStore`]) in PostgreSQL,
 //!   with the migrations shipped in the crate ([`migrate`]);
-//! - **MFA** ([`mfa`]): TOTP enrollment and verification, email/SMS codes, recovery codes.
+//! - **MFA** ([`mfa`]): TOTP enrollment and verification, email/SMS codes, recovery codes;
+//! - **the token issuer** ([`issuer`]): password login, MFA challenge, refresh, logout and
+//!   client credentials with RFC 6749 responses.
 //!
 //! # Example
 //!
@@ -44,6 +46,7 @@ mod claims;
 mod crypto;
 mod error;
 mod guard;
+pub mod issuer;
 mod jwks;
 mod layer;
 pub mod mfa;
