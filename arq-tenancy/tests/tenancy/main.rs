@@ -10,5 +10,6 @@
 )]
 
 mod common;
+mod crypto_pg;
 mod db;
 mod http_api;
