@@ -13,3 +13,4 @@ mod common;
 mod crypto_pg;
 mod db;
 mod http_api;
+mod pgbouncer;
