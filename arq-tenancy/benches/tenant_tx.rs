@@ -30,6 +30,7 @@ struct Setup {
     parameterized: TenantPool,
     plain: PgPool,
     set_config: PgPool,
+    no_timeout: PgPool,
     base: PgConnectOptions,
     name: String,
 }
@@ -119,6 +120,7 @@ async fn setup() -> Setup {
         ),
         plain: app().await,
         set_config: app().await,
+        no_timeout: app().await,
         tenants,
         base,
         name,
@@ -143,6 +145,23 @@ async fn set_config_select(pool: &PgPool, t: TenantId, id: i64) -> String {
         .begin_with(AssertSqlSafe(format!(
             "BEGIN; SELECT set_config('app.tenant_id', '{t}', true), \
              set_config('statement_timeout', '5000', true)"
+        )))
+        .await
+        .unwrap();
+    let p: String = sqlx::query_scalar("select payload from items where id = $1")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    p
+}
+
+/// The library's folded form without the statement timeout, to show what the timeout costs.
+async fn no_timeout_select(pool: &PgPool, t: TenantId, id: i64) -> String {
+    let mut tx = pool
+        .begin_with(AssertSqlSafe(format!(
+            "BEGIN; SET LOCAL app.tenant_id = '{t}'"
         )))
         .await
         .unwrap();
@@ -191,7 +210,7 @@ fn bench(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("point_select");
     g.warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
+        .measurement_time(Duration::from_secs(3))
         .sample_size(30);
     g.bench_function("tenant_tx_folded", |b| {
         b.iter(|| {
@@ -225,44 +244,67 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // Interleaved rounds of the same operations, so a noisy neighbour on the shared machine hits
-    // every variant alike; the ratios printed here are the ones reported.
-    let rounds = 5;
-    let per_round = 2_000;
-    let mut totals = [Duration::ZERO; 5];
-    for _ in 0..rounds {
-        for (k, total) in totals.iter_mut().enumerate() {
-            let started = Instant::now();
-            for _ in 0..per_round {
-                let (t, id) = next();
-                let global = t as i64 * ROWS_PER_TENANT + id;
-                match k {
-                    0 => drop(rt.block_on(tenant_select(&s.folded, s.tenants[t], id))),
-                    1 => drop(rt.block_on(tenant_select(&s.parameterized, s.tenants[t], id))),
-                    2 => drop(rt.block_on(set_config_select(&s.set_config, s.tenants[t], id))),
-                    3 => drop(rt.block_on(plain_select(&s.plain, global))),
-                    _ => drop(rt.block_on(autocommit_select(&s.plain, global))),
-                }
-            }
-            *total += started.elapsed();
-        }
-    }
-    let ops = f64::from(rounds * per_round);
-    let tput: Vec<f64> = totals.iter().map(|d| ops / d.as_secs_f64()).collect();
-    println!("\ninterleaved: {rounds} rounds x {per_round} point selects each, one connection");
-    for (name, t) in [
+    // Paired, interleaved rounds: every round runs a short burst of each variant (in a rotating
+    // order), so a noisy neighbour on the shared machine hits all variants alike; the figures
+    // reported are medians over rounds of each variant's throughput and of its per-round ratio
+    // to the plain transaction.
+    const NAMES: [&str; 6] = [
         "tenant_tx_folded",
         "tenant_tx_parameterized",
         "tenant_tx_folded_set_config",
         "plain_tx_no_rls",
         "autocommit_no_rls",
-    ]
-    .iter()
-    .zip(&tput)
-    {
+        "folded_without_timeout",
+    ];
+    const PLAIN: usize = 3;
+    let rounds = 300;
+    let per_round = 50;
+    let mut tput: Vec<[f64; 6]> = Vec::with_capacity(rounds);
+    let mut lat: [Vec<Duration>; 6] = Default::default();
+    for round in 0..rounds {
+        let mut this = [0.0; 6];
+        for step in 0..NAMES.len() {
+            let k = (round + step) % NAMES.len();
+            let started = Instant::now();
+            for _ in 0..per_round {
+                let (t, id) = next();
+                let global = t as i64 * ROWS_PER_TENANT + id;
+                let op = Instant::now();
+                match k {
+                    0 => drop(rt.block_on(tenant_select(&s.folded, s.tenants[t], id))),
+                    1 => drop(rt.block_on(tenant_select(&s.parameterized, s.tenants[t], id))),
+                    2 => drop(rt.block_on(set_config_select(&s.set_config, s.tenants[t], id))),
+                    3 => drop(rt.block_on(plain_select(&s.plain, global))),
+                    4 => drop(rt.block_on(autocommit_select(&s.plain, global))),
+                    _ => drop(rt.block_on(no_timeout_select(&s.no_timeout, s.tenants[t], id))),
+                }
+                lat[k].push(op.elapsed());
+            }
+            this[k] = f64::from(per_round) / started.elapsed().as_secs_f64();
+        }
+        tput.push(this);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\npaired rounds: {rounds} rounds x {per_round} point selects per variant, one connection each"
+    );
+    println!(
+        "  {:<28} {:>8} {:>10} {:>8} {:>8}",
+        "variant", "ops/s", "vs plain", "p50 us", "p99 us"
+    );
+    for (k, name) in NAMES.iter().enumerate() {
+        let ops = median(tput.iter().map(|r| r[k]).collect());
+        let ratio = median(tput.iter().map(|r| r[k] / r[PLAIN]).collect());
+        let l = &mut lat[k];
+        l.sort();
+        let p50 = l[l.len() / 2].as_micros();
+        let p99 = l[l.len() * 99 / 100].as_micros();
         println!(
-            "  {name:<28} {t:>8.0} ops/s   {:>5.1} % of plain_tx_no_rls",
-            100.0 * t / tput[3]
+            "  {name:<28} {ops:>8.0} {:>9.1}% {p50:>8} {p99:>8}",
+            100.0 * ratio
         );
     }
 
@@ -271,6 +313,7 @@ fn bench(c: &mut Criterion) {
         s.parameterized.unscoped("bench teardown").close().await;
         s.plain.close().await;
         s.set_config.close().await;
+        s.no_timeout.close().await;
         let mut admin = s.base.connect().await.unwrap();
         admin
             .execute(AssertSqlSafe(format!(
