@@ -157,6 +157,21 @@ impl FieldCipher {
         fresh.map(Some)
     }
 
+    /// Rewraps every data key of `tenant` under the provider's current KEK (after a KEK
+    /// rotation); returns how many keys changed. Ciphertexts are untouched: data keys stay the
+    /// same, only their wrapping changes. Once every tenant is rewrapped the old KEK can go.
+    pub async fn rewrap_keys(&self, tenant: TenantId) -> Result<usize, CryptoError> {
+        let mut changed = 0;
+        for (key_id, old) in self.store.list(tenant).await? {
+            let key = self.provider.unwrap(tenant, key_id, &old).await?;
+            let new = self.provider.wrap(tenant, key_id, &key).await?;
+            if new.kek_id != old.kek_id && self.store.replace(tenant, key_id, &old, &new).await? {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// Forgets the cached current key id of `tenant` (call after another process rotated).
     pub fn refresh(&self, tenant: TenantId) {
         self.current

@@ -10,7 +10,7 @@
 //!   copied to another row, column or tenant fails to decrypt instead of revealing anything.
 //! - Every ciphertext starts with its format version and **key id** ([`Encrypted`]), so keys
 //!   rotate ([`FieldCipher::rotate`]) without a flag day; [`FieldCipher::reencrypt`] moves old
-//!   ciphertexts to the newest key.
+//!   ciphertexts to the newest key, and [`FieldCipher::rewrap_keys`] moves data keys to a new KEK.
 //! - [`BlindIndex`] computes keyed HMAC-SHA-256 values for equality lookups on encrypted fields,
 //!   separated per tenant, table and column.
 //! - [`Encrypted`] is a sqlx type (`bytea`) that checks the format when decoding.

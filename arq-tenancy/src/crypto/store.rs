@@ -26,6 +26,17 @@ pub trait DataKeyStore: Send + Sync + 'static {
         key_id: u32,
         key: &'a WrappedKey,
     ) -> StoreFuture<'a, bool>;
+    /// Every key of `tenant`, oldest first.
+    fn list(&self, tenant: TenantId) -> StoreFuture<'_, Vec<(u32, WrappedKey)>>;
+    /// Replaces key `key_id` by `new` if it is still `old` (compare and swap); `false` otherwise.
+    /// Used to rewrap data keys under a new KEK.
+    fn replace<'a>(
+        &'a self,
+        tenant: TenantId,
+        key_id: u32,
+        old: &'a WrappedKey,
+        new: &'a WrappedKey,
+    ) -> StoreFuture<'a, bool>;
 }
 
 /// In-memory store, for tests and for services that keep wrapped keys elsewhere.
@@ -70,10 +81,37 @@ impl DataKeyStore for MemoryKeyStore {
         });
         Box::pin(async move { Ok(r) })
     }
+
+    fn list(&self, tenant: TenantId) -> StoreFuture<'_, Vec<(u32, WrappedKey)>> {
+        let r = self.with(|m| {
+            m.range((tenant, 0)..=(tenant, u32::MAX))
+                .map(|((_, id), k)| (*id, k.clone()))
+                .collect()
+        });
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn replace<'a>(
+        &'a self,
+        tenant: TenantId,
+        key_id: u32,
+        old: &'a WrappedKey,
+        new: &'a WrappedKey,
+    ) -> StoreFuture<'a, bool> {
+        let r = self.with(|m| match m.get_mut(&(tenant, key_id)) {
+            Some(k) if k == old => {
+                *k = new.clone();
+                true
+            }
+            _ => false,
+        });
+        Box::pin(async move { Ok(r) })
+    }
 }
 
 /// The `arq.tenant_data_keys` table (created by the support migration, row-level secured),
-/// read and written through tenant transactions. The runtime role needs `SELECT, INSERT` on it.
+/// read and written through tenant transactions. The runtime role needs `SELECT, INSERT` on it
+/// (and `UPDATE` to rewrap keys under a new KEK).
 #[derive(Debug, Clone)]
 pub struct PgKeyStore {
     pool: TenantPool,
@@ -144,6 +182,47 @@ impl DataKeyStore for PgKeyStore {
             .bind(id)
             .bind(&key.kek_id)
             .bind(&key.bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(TxError::from)?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn list(&self, tenant: TenantId) -> StoreFuture<'_, Vec<(u32, WrappedKey)>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin(tenant).await?;
+            let rows: Vec<(i32, String, Vec<u8>)> = sqlx::query_as(
+                "select key_id, kek_id, wrapped from arq.tenant_data_keys order by key_id",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(TxError::from)?;
+            tx.commit().await?;
+            Ok(rows.into_iter().filter_map(wrapped_row).collect())
+        })
+    }
+
+    fn replace<'a>(
+        &'a self,
+        tenant: TenantId,
+        key_id: u32,
+        old: &'a WrappedKey,
+        new: &'a WrappedKey,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let id = key_id_i32(key_id)?;
+            let mut tx = self.pool.begin(tenant).await?;
+            let n = sqlx::query(
+                "update arq.tenant_data_keys set kek_id = $3, wrapped = $4 \
+                 where key_id = $1 and wrapped = $2",
+            )
+            .bind(id)
+            .bind(&old.bytes)
+            .bind(&new.kek_id)
+            .bind(&new.bytes)
             .execute(&mut *tx)
             .await
             .map_err(TxError::from)?

@@ -135,6 +135,11 @@ impl TenantPool {
     }
 
     /// Wraps `pool` with explicit settings.
+    ///
+    /// `statement_timeout` is set per transaction; `Duration::ZERO` leaves it to the role's
+    /// default (for instance `ALTER ROLE arq_app SET statement_timeout = '5s'`, which also holds
+    /// behind PgBouncer). A per-transaction timeout costs timer work on the server for every
+    /// statement; `docs/bench-tenancy.md` measures it.
     pub fn with_options(
         pool: PgPool,
         mode: BeginMode,
@@ -145,7 +150,7 @@ impl TenantPool {
             inner: Arc::new(Inner {
                 pool,
                 mode,
-                timeout_ms: statement_timeout.as_millis().max(1),
+                timeout_ms: statement_timeout.as_millis(),
                 metrics,
             }),
         }
@@ -184,12 +189,18 @@ impl TenantPool {
             }
             BeginMode::Parameterized => {
                 let mut tx = inner.pool.begin().await?;
+                // An empty timeout leaves the current value (the role's default) unchanged.
                 sqlx::query(
                     "select set_config('app.tenant_id', $1, true), \
-                     set_config('statement_timeout', $2, true)",
+                     case when $2 = '' then null \
+                          else set_config('statement_timeout', $2, true) end",
                 )
                 .bind(tenant.to_string())
-                .bind(inner.timeout_ms.to_string())
+                .bind(if inner.timeout_ms == 0 {
+                    String::new()
+                } else {
+                    inner.timeout_ms.to_string()
+                })
                 .persistent(false)
                 .execute(&mut *tx)
                 .await?;
@@ -261,6 +272,7 @@ impl TenantPool {
 }
 
 /// The single simple-query statement that opens a tenant transaction (see the module docs).
+/// A `timeout_ms` of 0 leaves the statement timeout alone.
 ///
 /// # Example
 /// ```
@@ -272,6 +284,7 @@ impl TenantPool {
 ///     "BEGIN; SET LOCAL app.tenant_id = '0196b5a4-5c8e-7d2e-9f3a-1b2c3d4e5f60'; \
 ///      SET LOCAL statement_timeout = 5000"
 /// );
+/// assert!(!begin_statement(t, 0).unwrap().contains("statement_timeout"));
 /// ```
 pub fn begin_statement(tenant: TenantId, timeout_ms: u128) -> Result<String, TxError> {
     let id = tenant.to_string();
@@ -279,9 +292,13 @@ pub fn begin_statement(tenant: TenantId, timeout_ms: u128) -> Result<String, TxE
     if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(TxError::UnsafeTenantId);
     }
-    Ok(format!(
-        "BEGIN; SET LOCAL app.tenant_id = '{id}'; SET LOCAL statement_timeout = {timeout_ms}"
-    ))
+    Ok(if timeout_ms == 0 {
+        format!("BEGIN; SET LOCAL app.tenant_id = '{id}'")
+    } else {
+        format!(
+            "BEGIN; SET LOCAL app.tenant_id = '{id}'; SET LOCAL statement_timeout = {timeout_ms}"
+        )
+    })
 }
 
 /// A transaction scoped to one tenant. Dereferences to the connection, so queries run with

@@ -116,6 +116,19 @@ async fn p56_moved_ciphertexts_fail_and_rotated_keys_still_decrypt() {
     assert_eq!(re.key_id(), 2);
     assert_eq!(cipher.decrypt(&ctx, &re).await.unwrap(), b"alpha");
 
+    // KEK rotation: rewrap A's two data keys under kek-2; then kek-1 is no longer needed.
+    let rotated = FieldCipher::new(
+        Arc::new(LocalKekProvider::new("kek-2", [4; 32]).with_previous("kek-1", [3; 32])),
+        Arc::new(PgKeyStore::new(pool.clone())),
+    );
+    assert_eq!(rotated.rewrap_keys(a).await.unwrap(), 2);
+    let only_new = FieldCipher::new(
+        Arc::new(LocalKekProvider::new("kek-2", [4; 32])),
+        Arc::new(PgKeyStore::new(pool.clone())),
+    );
+    assert_eq!(only_new.decrypt(&ctx, &a1).await.unwrap(), b"alpha");
+    assert_eq!(only_new.decrypt(&ctx, &re).await.unwrap(), b"alpha");
+
     // A bytea that is not a ciphertext is refused at decode.
     let mut su = db.superuser().await;
     su.execute("update tasks set secret = '\\x0102'::bytea where title = 'b1'")

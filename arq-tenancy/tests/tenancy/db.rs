@@ -769,6 +769,28 @@ async fn statement_timeout_applies_and_metrics_are_recorded() {
     tx.rollback().await.unwrap();
     let tx = pool.begin(t).await.unwrap();
     tx.commit().await.unwrap();
+    // Duration::ZERO leaves the timeout to the role's default, in both modes.
+    for mode in [BeginMode::Folded, BeginMode::Parameterized] {
+        let untimed = TenantPool::with_options(
+            db.app.clone(),
+            mode,
+            std::time::Duration::ZERO,
+            arq_tenancy::tx::DbMetrics::register(&arq_core::metrics::MetricsRegistry::new())
+                .unwrap(),
+        );
+        let mut tx = untimed.begin(t).await.unwrap();
+        let timeout: String = sqlx::query_scalar("show statement_timeout")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(timeout, "0", "{mode:?}");
+        let setting: String = sqlx::query_scalar("select current_setting('app.tenant_id')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(setting, t.to_string());
+        tx.commit().await.unwrap();
+    }
     let text = registry.encode();
     for line in [
         "db_query_duration_seconds_count{operation=\"begin\"} 2",
