@@ -30,7 +30,7 @@ struct Setup {
     parameterized: TenantPool,
     plain: PgPool,
     set_config: PgPool,
-    no_timeout: PgPool,
+    no_timeout: TenantPool,
     base: PgConnectOptions,
     name: String,
 }
@@ -120,7 +120,12 @@ async fn setup() -> Setup {
         ),
         plain: app().await,
         set_config: app().await,
-        no_timeout: app().await,
+        no_timeout: TenantPool::with_options(
+            app().await,
+            BeginMode::Folded,
+            Duration::ZERO,
+            DbMetrics::register(&MetricsRegistry::new()).unwrap(),
+        ),
         tenants,
         base,
         name,
@@ -145,23 +150,6 @@ async fn set_config_select(pool: &PgPool, t: TenantId, id: i64) -> String {
         .begin_with(AssertSqlSafe(format!(
             "BEGIN; SELECT set_config('app.tenant_id', '{t}', true), \
              set_config('statement_timeout', '5000', true)"
-        )))
-        .await
-        .unwrap();
-    let p: String = sqlx::query_scalar("select payload from items where id = $1")
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    p
-}
-
-/// The library's folded form without the statement timeout, to show what the timeout costs.
-async fn no_timeout_select(pool: &PgPool, t: TenantId, id: i64) -> String {
-    let mut tx = pool
-        .begin_with(AssertSqlSafe(format!(
-            "BEGIN; SET LOCAL app.tenant_id = '{t}'"
         )))
         .await
         .unwrap();
@@ -254,7 +242,7 @@ fn bench(c: &mut Criterion) {
         "tenant_tx_folded_set_config",
         "plain_tx_no_rls",
         "autocommit_no_rls",
-        "folded_without_timeout",
+        "tenant_tx_folded_no_timeout",
     ];
     const PLAIN: usize = 3;
     let rounds = 300;
@@ -276,7 +264,7 @@ fn bench(c: &mut Criterion) {
                     2 => drop(rt.block_on(set_config_select(&s.set_config, s.tenants[t], id))),
                     3 => drop(rt.block_on(plain_select(&s.plain, global))),
                     4 => drop(rt.block_on(autocommit_select(&s.plain, global))),
-                    _ => drop(rt.block_on(no_timeout_select(&s.no_timeout, s.tenants[t], id))),
+                    _ => drop(rt.block_on(tenant_select(&s.no_timeout, s.tenants[t], id))),
                 }
                 lat[k].push(op.elapsed());
             }
@@ -313,7 +301,7 @@ fn bench(c: &mut Criterion) {
         s.parameterized.unscoped("bench teardown").close().await;
         s.plain.close().await;
         s.set_config.close().await;
-        s.no_timeout.close().await;
+        s.no_timeout.unscoped("bench teardown").close().await;
         let mut admin = s.base.connect().await.unwrap();
         admin
             .execute(AssertSqlSafe(format!(

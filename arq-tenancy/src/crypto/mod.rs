@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(c2.decrypt(&ctx, &old).await.unwrap(), b"v");
         assert_eq!(c2.rotate(ctx.tenant()).await.unwrap(), 3);
         // Without the old KEK, keys it wrapped are unreadable, with a message that says so.
-        let c3 = cipher_with(LocalKekProvider::new("k2", [2; 32]), store);
+        let c3 = cipher_with(LocalKekProvider::new("k2", [2; 32]), store.clone());
         let err = c3.decrypt(&ctx, &old).await.unwrap_err();
         assert!(
             matches!(&err, CryptoError::UnknownKek { kek_id } if kek_id == "k1"),
@@ -190,6 +190,11 @@ mod tests {
                 .unwrap(),
             b"w"
         );
+        // Rewrapping under k2 (keys 1 and 2 were wrapped by k1; key 3 already by k2) retires k1.
+        assert_eq!(c2.rewrap_keys(ctx.tenant()).await.unwrap(), 2);
+        assert_eq!(c2.rewrap_keys(ctx.tenant()).await.unwrap(), 0);
+        let c4 = cipher_with(LocalKekProvider::new("k2", [2; 32]), store);
+        assert_eq!(c4.decrypt(&ctx, &old).await.unwrap(), b"v");
     }
 
     #[tokio::test]
