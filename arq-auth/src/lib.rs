@@ -26,3 +26,5 @@
 //! ```
 
 pub use arq_core::{CallerIdentity, Identity};
+
+pub mod cel;
