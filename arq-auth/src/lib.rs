@@ -28,3 +28,6 @@
 pub use arq_core::{CallerIdentity, Identity};
 
 pub mod cel;
+pub mod policy;
+
+pub use policy::{AttributeSource, Decision, PolicySet, PolicyStore};

@@ -59,6 +59,7 @@ pub struct Checker {
     vars: HashMap<String, Type>,
     funcs: HashMap<String, Vec<Overload>>,
     container: String,
+    namespaces: std::collections::HashSet<String>,
     subst: Vec<Option<Type>>,
     types: HashMap<usize, Type>,
 }
@@ -386,6 +387,13 @@ impl Checker {
         self.vars.insert(name.to_owned(), t);
     }
 
+    /// Declares a namespace: a root name (`principal`) whose declared members are dotted
+    /// variables (`principal.department`). Selecting an undeclared member is an
+    /// "undeclared attribute" error.
+    pub fn declare_namespace(&mut self, name: &str) {
+        self.namespaces.insert(name.to_owned());
+    }
+
     /// Declares a function overload; `member` overloads take the receiver as first parameter.
     pub fn declare_function(&mut self, name: &str, member: bool, params: Vec<Type>, result: Type) {
         self.funcs
@@ -629,7 +637,36 @@ impl Checker {
                                 return Ok(cur);
                             }
                         }
+                        if self.namespaces.contains(root) {
+                            return Err(cerr(
+                                e,
+                                format!(
+                                    "undeclared attribute '{root}.{}'",
+                                    parts.get(1).unwrap_or(&"")
+                                ),
+                            ));
+                        }
                     }
+                }
+                if let ExprKind::Ident(root) = &operand.kind
+                    && self.namespaces.contains(&**root)
+                    && !locals.iter().any(|(n, _)| *n == *root)
+                {
+                    if self.vars.contains_key(&format!("{root}.{field}")) {
+                        let t = self
+                            .vars
+                            .get(&format!("{root}.{field}"))
+                            .cloned()
+                            .unwrap_or(Type::Dyn);
+                        return Ok(if *test {
+                            Type::Bool
+                        } else if *optional {
+                            Type::Optional(Box::new(t))
+                        } else {
+                            t
+                        });
+                    }
+                    return Err(cerr(e, format!("undeclared attribute '{root}.{field}'")));
                 }
                 let ot = self.visit(operand, locals)?;
                 if *test {
