@@ -949,7 +949,11 @@ fn format_string(f: &str, args: &[Value]) -> EvalResult {
                 p.push(*d);
                 chars.next();
             }
-            precision = Some(p.parse().map_err(|_| err("bad precision"))?);
+            let n: usize = p.parse().map_err(|_| err("bad precision"))?;
+            if n > 100 {
+                return Err(err("format: precision above 100"));
+            }
+            precision = Some(n);
         }
         let Some(verb) = chars.next() else {
             return Err(err("format: trailing %"));
