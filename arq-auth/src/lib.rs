@@ -6,8 +6,10 @@
 //! The principal this crate produces implements [`arq_core::Identity`], which is how
 //! `arq-tenancy` reads the caller's tenant without depending on this crate.
 //!
-//! This crate is being built issue by issue; today it re-exports the identity vocabulary it
-//! builds on.
+//! This crate is being built issue by issue. Attribute-based access control lives in
+//! [`policy`] (YAML policy files with a schema, checked at load, compiled to typed closures,
+//! bounded in cost, audited, hot-reloadable, with an axum guard) on top of arq's own CEL engine
+//! in [`cel`]; see `docs/cel.md`.
 //!
 //! # Example
 //!

@@ -171,6 +171,7 @@ const CONDS: &[&str] = &[
     r#"!(principal.department < resource.department) && size(principal.costCenters) <= principal.level"#,
     r#"principal.costCenters.exists(c, c.startsWith(resource.costCenter)) || has(resource.level)"#,
     r#"principal.level * 2 > resource.level ? principal.role == "admin" : resource.costCenter == "x""#,
+    r#"principal.role.startsWith("a") || resource.department.endsWith(principal.department) && principal.department.contains("n")"#,
 ];
 
 fn interp(cond: &str, p: &HashMap<String, Value>, r: &HashMap<String, Value>) -> Option<bool> {

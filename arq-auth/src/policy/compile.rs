@@ -214,6 +214,19 @@ impl Compiler<'_> {
                 }))
             }
             ExprKind::Call {
+                target: Some(t),
+                func,
+                args,
+            } if args.len() == 1 && matches!(&**func, "startsWith" | "endsWith" | "contains") => {
+                let (x, y) = (self.str_op(t)?, self.str_op(&args[0])?);
+                let f: fn(&str, &str) -> bool = match &**func {
+                    "startsWith" => |a, b| a.starts_with(b),
+                    "endsWith" => |a, b| a.ends_with(b),
+                    _ => |a, b| a.contains(b),
+                };
+                Some(Box::new(move |ctx| Ok(f(x.get(ctx)?, y.get(ctx)?))))
+            }
+            ExprKind::Call {
                 target: None,
                 func,
                 args,
