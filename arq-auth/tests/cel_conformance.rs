@@ -344,6 +344,10 @@ fn conformance() {
             }
         }
     }
+    assert_eq!(
+        total, 1740,
+        "the suite's README counts 1,740 cases without protobuf messages"
+    );
     let passed = total - failures.len();
     let rate = passed as f64 * 100.0 / total as f64;
     println!("conformance: {passed}/{total} passed ({rate:.2} %)");

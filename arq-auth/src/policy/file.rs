@@ -204,8 +204,8 @@ pub(crate) fn load(source: &str, text: &str) -> Result<PolicySet, PolicyError> {
     }
     let mut rules = Vec::with_capacity(raw.rules.len());
     let mut ids = HashSet::new();
-    for (idx, r) in raw.rules.iter().enumerate() {
-        let locate = |pos: Option<u32>| locate_condition(text, idx, &r.id, &r.condition, pos);
+    for r in &raw.rules {
+        let locate = |pos: Option<u32>| locate_condition(text, &r.id, &r.condition, pos);
         let rule_err = |message: String, pos: Option<u32>| {
             let (line, column) = locate(pos);
             PolicyError::Rule {
@@ -297,17 +297,11 @@ pub(crate) fn load(source: &str, text: &str) -> Result<PolicySet, PolicyError> {
     })
 }
 
-/// Finds the line and column in the file of byte `pos` of rule `idx`'s condition. YAML parsers
+/// Finds the line and column in the file of byte `pos` of rule `id`'s condition. YAML parsers
 /// with span support are heavy; the file layout is regular enough to locate the `condition:` key
 /// of the rule by its `id:` line. Plain and literal-block (`|`) scalars map exactly; quoted and
 /// folded scalars map to the start of the condition.
-fn locate_condition(
-    text: &str,
-    idx: usize,
-    id: &str,
-    cond: &str,
-    pos: Option<u32>,
-) -> (usize, usize) {
+fn locate_condition(text: &str, id: &str, cond: &str, pos: Option<u32>) -> (usize, usize) {
     let lines: Vec<&str> = text.lines().collect();
     let is_id_line = |l: &str| {
         let t = l.trim_start().trim_start_matches('-').trim_start();
@@ -319,7 +313,6 @@ fn locate_condition(
     let Some(id_line) = lines.iter().position(|l| is_id_line(l)) else {
         return (0, 0);
     };
-    let _ = idx;
     // The rule's item starts at the nearest line at or above `id:` holding a `-`.
     let mut start = id_line;
     while start > 0 && !lines[start].trim_start().starts_with('-') {
