@@ -16,7 +16,10 @@
 //!   with the migrations shipped in the crate ([`migrate`]);
 //! - **MFA** ([`mfa`]): TOTP enrollment and verification, email/SMS codes, recovery codes;
 //! - **the token issuer** ([`issuer`]): password login, MFA challenge, refresh, logout and
-//!   client credentials with RFC 6749 responses.
+//!   client credentials with RFC 6749 responses;
+//! - **ABAC** ([`policy`], on arq's own CEL engine in [`cel`]): YAML policy files with a schema,
+//!   type-checked at load, compiled to typed closures, bounded in cost, audited, hot-reloadable,
+//!   with an axum guard; see `docs/cel.md`.
 //!
 //! # Example
 //!
@@ -76,3 +79,8 @@ pub use refresh::{
 pub use signing::{SigningError, SigningKey, SigningKeyRing};
 pub use store::{MIGRATIONS_TABLE, migrate};
 pub use verify::{ConfigError, MAX_LEEWAY_SECS, Verifier, VerifierConfig};
+
+pub mod cel;
+pub mod policy;
+
+pub use policy::{AttributeSource, Decision, PolicySet, PolicyStore};
