@@ -46,6 +46,7 @@ mod identity;
 pub mod metrics;
 mod problem;
 mod request_id;
+pub mod resilience;
 mod tenant;
 mod text;
 mod trace_context;
