@@ -61,11 +61,14 @@ impl Deadline {
     }
 
     /// Runs `fut` with this deadline current (or the current one, if that is earlier).
-    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+    ///
+    /// The enclosing deadline is looked up when the returned future first runs, not when
+    /// it is built, so `outer.scope(inner.scope(f))` keeps the earlier of the two.
+    pub async fn scope<F: Future>(self, fut: F) -> F::Output {
         let at = match Self::current() {
             Some(outer) if outer.0 < self.0 => outer.0,
             _ => self.0,
         };
-        DEADLINE.scope(at, fut)
+        DEADLINE.scope(at, fut).await
     }
 }
