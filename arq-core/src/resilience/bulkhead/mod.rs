@@ -3,7 +3,7 @@
 //! Defaults are the pinned ones: 20 calls in flight, at most 100 waiting (first come, first
 //! served: tokio's semaphore is fair), and the 121st caller is refused at once with
 //! [`BulkheadFullError`]. A waiter gives up after `max_wait` (or when the caller's
-//! [`Deadline`](super::Deadline) comes first). The slot is an RAII permit: it is released on
+//! [`Deadline`] comes first). The slot is an RAII permit: it is released on
 //! success, error, panic (unwinding drops it) and when the call's future is dropped.
 //! Each dependency has its own bulkhead, so saturating one leaves the others alone.
 //!

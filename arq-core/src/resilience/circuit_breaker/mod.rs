@@ -17,7 +17,7 @@
 //!
 //! Results of calls admitted in an earlier state (a slow call that started while closed and
 //! finishes after the circuit opened) never cause a transition. The clock is tokio's
-//! monotonic [`Instant`](tokio::time::Instant), so a wall-clock jump changes nothing and
+//! monotonic [`Instant`], so a wall-clock jump changes nothing and
 //! tests drive it with the paused clock. Each transition emits one `tracing` event (target
 //! `arq::resilience`) and updates the metrics in [`ResilienceMetrics`].
 //!

@@ -10,8 +10,8 @@ tokio::task_local! {
 /// An overall deadline carried with a call, across every retry and attempt inside it.
 ///
 /// [`Deadline::scope`] makes it current for a future (a tokio task-local): the
-/// [`Timeout`](super::Timeout) layer cuts each attempt at whichever comes first, its own
-/// timeout or the deadline, and [`Retry`](super::Retry) never sleeps past it. Nested scopes
+/// [`Timeout`](crate::resilience::Timeout) layer cuts each attempt at whichever comes first, its own
+/// timeout or the deadline, and [`Retry`](crate::resilience::Retry) never sleeps past it. Nested scopes
 /// keep the earlier deadline. Spawned tasks do not inherit it; scope them explicitly.
 ///
 /// # Example
