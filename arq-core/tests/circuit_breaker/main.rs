@@ -346,6 +346,40 @@ async fn half_open_peak_in_flight_stays_at_most_2_while_probes_come_and_go() {
     assert_eq!(b.state(), CircuitState::HalfOpen);
 }
 
+#[test]
+fn concurrent_recording_keeps_the_window_totals_exact() {
+    let mut c = CircuitBreakerConfig::default();
+    c.failure_rate_threshold = 1.0; // a 50 % mix never trips it
+    let b = breaker(c);
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (b, barrier) = (b.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    let outcome = if (i + t) % 2 == 0 {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    };
+                    b.try_acquire().unwrap().record(outcome);
+                }
+                barrier.wait();
+                // Every slot is overwritten by a success: no failure may be left counted.
+                for _ in 0..1_000 {
+                    b.try_acquire().unwrap().record(Outcome::Success);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = b.snapshot();
+    assert_eq!((s.calls, s.failures), (100, 0));
+    assert_eq!(b.state(), CircuitState::Closed);
+}
+
 // 8
 #[tokio::test(start_paused = true)]
 async fn two_successes_close() {

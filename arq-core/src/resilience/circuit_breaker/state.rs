@@ -249,6 +249,9 @@ impl Shared {
                     let now_n = self.nanos(now);
                     if until != NO_DEADLINE && now_n >= until {
                         let next = pack(CircuitState::HalfOpen, 0, 0, gen_of(w) + 1);
+                        // Published before the state, so no caller can see the new half-open
+                        // with the previous one's start (and re-open it as "hung" at once).
+                        self.half_open_since.store(now_n, Ordering::Release);
                         if self
                             .word
                             .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
@@ -262,7 +265,6 @@ impl Shared {
                                 Ordering::AcqRel,
                                 Ordering::Relaxed,
                             );
-                            self.half_open_since.store(now_n, Ordering::Release);
                             self.transitioned(CircuitState::Open, CircuitState::HalfOpen, None);
                         }
                         w = self.word.load(Ordering::Acquire);
