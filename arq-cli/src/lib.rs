@@ -1,33 +1,45 @@
 //! # arq-cli
 //!
-//! The library behind the `arq` binary. Following ripgrep and sqlx-cli, the command line is
-//! parsed into [`Cli`] without doing any I/O, then acted on; the binary is a thin `main`.
-//!
-//! `arq new service NAME` (generate a service and wire it into a platform) and `arq check` (the
-//! CI gate) are added by their own issues.
+//! The library behind the `arq` binary. As in ripgrep and sqlx-cli, the command line is parsed
+//! into [`Cli`] without any I/O, generation builds a [`plan::Plan`] (every file to create or
+//! change, with old and new content), and only then is anything written: `--dry-run` prints the
+//! plan as a unified diff, and a file a user edited since arq generated it stops the whole plan.
 //!
 //! # Example
 //!
 //! ```
-//! use arq_cli::Cli;
-//! use clap::Parser;
+//! use arq_cli::generate::{plan_init, InitOptions};
+//! use arq_cli::manifest::ArqSource;
+//! use arq_cli::templates::Templates;
 //!
-//! let cli = Cli::try_parse_from(["arq", "--version"]);
-//! // `--version` is reported by clap as an early exit carrying the version text.
-//! assert!(cli.unwrap_err().to_string().contains(env!("CARGO_PKG_VERSION")));
+//! let dir = tempfile::tempdir()?;
+//! let opts = InitOptions { dir: dir.path().join("acme"), name: None, arq: ArqSource::default() };
+//! let generated = plan_init(&opts, &Templates::embedded())?;
+//! assert!(generated.plan.diff().contains("+++ b/arq.toml"));
+//! generated.plan.apply(false)?;
+//!
+//! // Running it again changes nothing.
+//! assert!(plan_init(&opts, &Templates::embedded())?.plan.is_noop());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
 
-/// The `arq` command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "arq",
-    version,
-    about = "Scaffold multi-tenant Rust services and check them in CI",
-    long_about = None,
-)]
-pub struct Cli {}
+use anstyle::{AnsiColor, Style};
+use clap::{Args, Parser, Subcommand};
+
+pub mod generate;
+pub mod manifest;
+pub mod names;
+pub mod plan;
+pub mod templates;
+
+use generate::{GenerateError, Generated, InitOptions, NewServiceOptions};
+use manifest::{ArqSource, ServiceKind};
+use names::Name;
+use plan::Change;
+use templates::Templates;
 
 /// Exit code for success.
 pub const EXIT_OK: u8 = 0;
@@ -35,3 +47,294 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
 /// Exit code for usage, configuration or internal errors.
 pub const EXIT_ERROR: u8 = 2;
+
+/// The `arq` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "arq",
+    version,
+    about = "Scaffold multi-tenant Rust services and check them in CI",
+    after_help = "Examples:\n  arq init acme\n  cd acme && arq new service tasks\n  arq new service billing --port 3010 --route /billing --dry-run"
+)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a platform: manifest, Cargo workspace, compose file.
+    #[command(
+        after_help = "Examples:\n  arq init acme\n  arq init ./platforms/acme --name acme --dry-run"
+    )]
+    Init(InitArgs),
+    /// Generate something new.
+    #[command(subcommand)]
+    New(NewCommand),
+    /// Print shell completions for `arq`.
+    #[command(after_help = "Example:\n  arq completions bash > /etc/bash_completion.d/arq")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// What `arq new` generates.
+#[derive(Debug, Subcommand)]
+pub enum NewCommand {
+    /// Generate a service; inside a platform, also wire it into arq.toml, the workspace and compose.yaml.
+    #[command(
+        after_help = "Examples:\n  arq new service tasks\n  arq new service billing --port 3010 --route /billing\n  arq new service tasks --dry-run"
+    )]
+    Service(NewServiceArgs),
+}
+
+/// Options shared by every generating command.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Print the plan as a unified diff and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Overwrite files that were edited since arq generated them.
+    #[arg(long)]
+    pub force: bool,
+    /// Take templates from this folder where it has them (overriding the embedded ones).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+/// Where generated crates take the arq crates from.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct SourceArgs {
+    /// Depend on the arq crates in this checkout (by path).
+    #[arg(long, value_name = "PATH")]
+    pub arq_path: Option<PathBuf>,
+    /// Depend on the arq crates from this git repository.
+    #[arg(long, value_name = "URL")]
+    pub arq_git: Option<String>,
+    /// Depend on this crates.io version of the arq crates (default: this arq's version).
+    #[arg(long, value_name = "VERSION")]
+    pub arq_version: Option<String>,
+}
+
+/// `arq init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The directory to create the platform in (new or empty).
+    pub dir: PathBuf,
+    /// The platform's name (default: the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where generated crates take the arq crates from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Generation options.
+    #[command(flatten)]
+    pub gen_args: GenArgs,
+}
+
+/// `arq new service`.
+#[derive(Debug, Args)]
+pub struct NewServiceArgs {
+    /// The service name: lowercase letters, digits and hyphens.
+    pub name: String,
+    /// HTTP service or queue worker.
+    #[arg(long, value_enum, default_value = "http")]
+    pub kind: ServiceKind,
+    /// The port (default: the next free one from 3001).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The route prefix under the gateway prefix (default: /NAME).
+    #[arg(long)]
+    pub route: Option<String>,
+    /// A queue the service consumes (repeatable).
+    #[arg(long = "queue", value_name = "QUEUE")]
+    pub queues: Vec<String>,
+    /// Generate without a database.
+    #[arg(long)]
+    pub no_db: bool,
+    /// The platform to add the service to (default: the nearest arq.toml above the current
+    /// directory; none found means a standalone service in ./NAME).
+    #[arg(long, value_name = "DIR")]
+    pub platform: Option<PathBuf>,
+    /// Where a standalone service takes the arq crates from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Generation options.
+    #[command(flatten)]
+    pub gen_args: GenArgs,
+}
+
+/// A failure to report: the message, and whether it is the user's to fix (exit 2 either way).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct CliError(#[from] GenerateError);
+
+impl From<names::NameError> for CliError {
+    fn from(e: names::NameError) -> Self {
+        Self(GenerateError::Usage(e.to_string()))
+    }
+}
+
+impl From<templates::TemplateError> for CliError {
+    fn from(e: templates::TemplateError) -> Self {
+        Self(GenerateError::Template(e))
+    }
+}
+
+impl From<plan::PlanError> for CliError {
+    fn from(e: plan::PlanError) -> Self {
+        Self(GenerateError::Plan(e))
+    }
+}
+
+fn source(args: &SourceArgs) -> Result<ArqSource, CliError> {
+    if let Some(p) = &args.arq_path {
+        let abs = std::fs::canonicalize(p)
+            .map_err(|e| GenerateError::Usage(format!("--arq-path {}: {e}", p.display())))?;
+        if !abs.join("arq-core").join("Cargo.toml").is_file() {
+            return Err(GenerateError::Usage(format!(
+                "--arq-path {} is not an arq checkout (no arq-core/Cargo.toml in it)",
+                abs.display()
+            ))
+            .into());
+        }
+        return Ok(ArqSource {
+            version: None,
+            path: Some(abs.to_string_lossy().into_owned()),
+            git: None,
+        });
+    }
+    if let Some(g) = &args.arq_git {
+        return Ok(ArqSource {
+            version: None,
+            path: None,
+            git: Some(g.clone()),
+        });
+    }
+    Ok(match &args.arq_version {
+        Some(v) => ArqSource {
+            version: Some(v.clone()),
+            path: None,
+            git: None,
+        },
+        None => ArqSource::default(),
+    })
+}
+
+fn templates(args: &GenArgs) -> Result<Templates, CliError> {
+    Ok(match &args.templates {
+        Some(dir) => Templates::with_overrides(dir)?,
+        None => Templates::embedded(),
+    })
+}
+
+/// Runs a parsed command line, writing human output to `out`. Returns the exit code.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, CliError> {
+    match cli.command {
+        Command::Init(args) => {
+            let opts = InitOptions {
+                dir: args.dir.clone(),
+                name: args.name.as_deref().map(str::parse).transpose()?,
+                arq: source(&args.source)?,
+            };
+            let t = templates(&args.gen_args)?;
+            let generated = generate::plan_init(&opts, &t)?;
+            finish(&generated, &t, &args.gen_args, out)
+        }
+        Command::New(NewCommand::Service(args)) => {
+            let name: Name = args.name.parse()?;
+            let cwd = std::env::current_dir().map_err(|e| {
+                GenerateError::Usage(format!("cannot read the current directory: {e}"))
+            })?;
+            let root = match &args.platform {
+                Some(p) => {
+                    if !p.join(manifest::MANIFEST_FILE).is_file() {
+                        return Err(GenerateError::Usage(format!(
+                            "--platform {} has no arq.toml; run `arq init` there first",
+                            p.display()
+                        ))
+                        .into());
+                    }
+                    Some(p.clone())
+                }
+                None => manifest::find_platform_root(&cwd),
+            };
+            let opts = NewServiceOptions {
+                name,
+                kind: args.kind,
+                port: args.port,
+                route: args.route.clone(),
+                queues: args.queues.clone(),
+                database: !args.no_db,
+                arq: source(&args.source)?,
+            };
+            let t = templates(&args.gen_args)?;
+            let generated = generate::plan_new_service(root.as_deref(), &cwd, &opts, &t)?;
+            finish(&generated, &t, &args.gen_args, out)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "arq", out);
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn finish(
+    generated: &Generated,
+    templates: &Templates,
+    args: &GenArgs,
+    out: &mut dyn Write,
+) -> Result<u8, CliError> {
+    let bold = Style::new().bold();
+    let green = AnsiColor::Green.on_default();
+    let yellow = AnsiColor::Yellow.on_default();
+    let io =
+        |e: std::io::Error| CliError(GenerateError::Usage(format!("cannot write output: {e}")));
+    for (name, path) in templates.overridden() {
+        writeln!(out, "template {name} from {}", path.display()).map_err(io)?;
+    }
+    let plan = &generated.plan;
+    if args.dry_run {
+        let conflicts = plan.conflicts();
+        write!(out, "{}", plan.diff()).map_err(io)?;
+        writeln!(
+            out,
+            "{bold}dry run{bold:#}: {} — {} file(s) would change, nothing written",
+            generated.summary,
+            plan.steps
+                .iter()
+                .filter(|s| s.change() != Change::Unchanged)
+                .count()
+        )
+        .map_err(io)?;
+        if !conflicts.is_empty() {
+            writeln!(
+                out,
+                "{yellow}warning{yellow:#}: edited since generation (needs --force): {}",
+                conflicts.join(", ")
+            )
+            .map_err(io)?;
+        }
+        return Ok(EXIT_OK);
+    }
+    if plan.is_noop() {
+        writeln!(out, "{} is up to date; nothing to do", generated.summary).map_err(io)?;
+        return Ok(EXIT_OK);
+    }
+    let done = plan.apply(args.force)?;
+    for (change, path) in &done {
+        let verb = match change {
+            Change::Create => "create",
+            Change::Update => "update",
+            Change::Unchanged => continue,
+        };
+        writeln!(out, "  {green}{verb:>6}{green:#} {path}").map_err(io)?;
+    }
+    writeln!(out, "{bold}generated{bold:#} {}", generated.summary).map_err(io)?;
+    Ok(EXIT_OK)
+}

@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
-use arq_cli::{Cli, EXIT_ERROR, EXIT_OK};
+use arq_cli::{Cli, EXIT_ERROR, EXIT_OK, run};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let _cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             // clap prints help and version to stdout and usage errors to stderr itself.
@@ -18,5 +18,15 @@ fn main() -> ExitCode {
             });
         }
     };
-    ExitCode::from(EXIT_OK)
+    let mut out = anstream::stdout();
+    match run(cli, &mut out) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let red = anstyle::AnsiColor::Red.on_default().bold();
+            let mut stderr = anstream::stderr();
+            let _ =
+                std::io::Write::write_fmt(&mut stderr, format_args!("{red}error{red:#}: {err}\n"));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
 }

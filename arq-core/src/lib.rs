@@ -42,11 +42,16 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod config;
+pub mod edge;
+pub mod health;
 mod identity;
 pub mod metrics;
 mod problem;
 mod request_id;
 pub mod resilience;
+pub mod server;
+pub mod telemetry;
 mod tenant;
 mod text;
 mod trace_context;

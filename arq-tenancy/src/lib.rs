@@ -2,9 +2,20 @@
 //!
 //! Whose data is it: the request's tenant resolved from the authenticated identity, every query
 //! of tenant data run inside a transaction scoped to that tenant by PostgreSQL row-level
-//! security, a start-up audit that refuses an unsafe database, and field-level encryption.
+//! security, a start-up audit that refuses an unsafe database, propagation of the tenant to other
+//! services and queues, and field-level encryption.
 //!
-//! This crate is being built issue by issue; today it offers the tenant id it is built around.
+//! | module | what it gives |
+//! |---|---|
+//! | [`resolve`] | [`TenantLayer`]: tenant from [`arq_core::CallerIdentity`], `X-Tenant-ID` as a checked selector, optional subdomains |
+//! | [`context`] | the task's current tenant, carried into spawned tasks |
+//! | [`tx`] | [`TenantPool`], [`TenantTx`] (axum extractor and worker function), [`TenantTxLayer`] |
+//! | [`migrate`] | the SQL support (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) and role setup |
+//! | [`audit`] | the start-up audit: [`audit::audit`] returns a report, [`audit::ensure_safe`] refuses to start |
+//! | [`propagate`] | tenant into and out of HTTP headers and queue envelopes |
+//! | [`crypto`] | envelope encryption of fields, blind indexes, an encrypted sqlx column type |
+//!
+//! Deployment behind PgBouncer is described in `docs/tenancy.md`.
 //!
 //! # Example
 //!
@@ -15,4 +26,14 @@
 //! assert!("' or 1=1 --".parse::<TenantId>().is_err());
 //! ```
 
+pub mod audit;
+pub mod context;
+pub mod crypto;
+pub mod migrate;
+pub mod propagate;
+pub mod resolve;
+pub mod tx;
+
 pub use arq_core::TenantId;
+pub use resolve::{Tenant, TenantLayer};
+pub use tx::{BeginMode, TenantPool, TenantTx, TenantTxLayer, TxError};

@@ -1,0 +1,3 @@
+//! Benchmarks of arq-auth (filled in with the verification benchmarks).
+
+fn main() {}

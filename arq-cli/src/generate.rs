@@ -1,0 +1,463 @@
+//! `arq init` and `arq new service`: turn options into a [`Plan`].
+//!
+//! Files rendered whole from templates are protected by the generation record; the platform's
+//! `arq.toml` and `Cargo.toml` are edited as TOML documents, so a user's additions survive;
+//! files derived from the manifest (`compose.yaml`) are re-rendered from it on every change.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::Value;
+use serde::Serialize;
+use toml_edit::DocumentMut;
+
+use crate::manifest::{
+    self, ArqSource, MANIFEST_FILE, Manifest, ManifestError, ServiceEntry, ServiceKind,
+};
+use crate::names::Name;
+use crate::plan::{Plan, PlanError};
+use crate::templates::{TEMPLATE_VERSION, TemplateError, Templates, output_path};
+
+/// Options of `arq init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The platform directory to create.
+    pub dir: PathBuf,
+    /// The platform name (defaults to the directory's name).
+    pub name: Option<Name>,
+    /// Where generated crates take the arq crates from.
+    pub arq: ArqSource,
+}
+
+/// Options of `arq new service`.
+#[derive(Debug, Clone)]
+pub struct NewServiceOptions {
+    /// The service name.
+    pub name: Name,
+    /// HTTP service or worker.
+    pub kind: ServiceKind,
+    /// The port (default: the next free one from 3001 inside a platform, 3001 outside).
+    pub port: Option<u16>,
+    /// The route prefix (default `/<name>` for HTTP services).
+    pub route: Option<String>,
+    /// Queues the service consumes.
+    pub queues: Vec<String>,
+    /// Whether the service has a database.
+    pub database: bool,
+    /// For a standalone service: where to take the arq crates from.
+    pub arq: ArqSource,
+}
+
+/// What the generator planned, and where.
+#[derive(Debug)]
+pub struct Generated {
+    /// The plan.
+    pub plan: Plan,
+    /// A one-line summary for the user.
+    pub summary: String,
+}
+
+/// Plans `arq init`.
+pub fn plan_init(opts: &InitOptions, templates: &Templates) -> Result<Generated, GenerateError> {
+    let dir = &opts.dir;
+    // `arq init .` names the platform after the current directory.
+    let absolute = if dir.exists() {
+        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone())
+    } else {
+        dir.clone()
+    };
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => absolute
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| GenerateError::Usage(format!(
+                "cannot take a platform name from {}; pass --name",
+                dir.display()
+            )))?
+            .parse::<Name>()
+            .map_err(|e| GenerateError::Usage(format!(
+                "the directory name is not a valid platform name: {e}; pass --name or choose another directory"
+            )))?,
+    };
+    let existing = load_manifest(dir)?;
+    match &existing {
+        Some((m, _)) if m.platform.name != name.as_str() => {
+            return Err(GenerateError::Usage(format!(
+                "{} already holds platform {:?}; arq init with another name would rewrite it",
+                dir.display(),
+                m.platform.name
+            )));
+        }
+        Some(_) => {}
+        None => {
+            if dir.exists() && !is_empty_dir(dir)? {
+                return Err(GenerateError::Usage(format!(
+                    "{} exists and is not empty; arq init creates a new platform in a new or empty directory",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let manifest = match existing {
+        Some((m, _)) => m,
+        None => Manifest {
+            platform: manifest::PlatformSection {
+                name: name.to_string(),
+                template_version: TEMPLATE_VERSION.to_owned(),
+            },
+            arq: opts.arq.clone(),
+            gateway: manifest::GatewaySection {
+                port: 3000,
+                prefix: "/api/v1".to_owned(),
+            },
+            services: Default::default(),
+        },
+    };
+    let mut plan = Plan::new(dir)?;
+    let ctx = platform_context(&manifest, None);
+    for t in templates.names_under("platform") {
+        let out = output_path(&t, "platform");
+        // arq.toml and Cargo.toml belong to the user after init: only create them.
+        if (out == MANIFEST_FILE || out == "Cargo.toml") && plan.current(&out)?.is_some() {
+            continue;
+        }
+        plan.render(&out, &t, templates.render(&t, &ctx)?)?;
+    }
+    Ok(Generated {
+        plan: plan.finish(TEMPLATE_VERSION),
+        summary: format!("platform {name} in {}", dir.display()),
+    })
+}
+
+/// Plans `arq new service`, inside the platform at `platform_root` if given, else as a
+/// standalone crate in `cwd/<name>`.
+pub fn plan_new_service(
+    platform_root: Option<&Path>,
+    cwd: &Path,
+    opts: &NewServiceOptions,
+    templates: &Templates,
+) -> Result<Generated, GenerateError> {
+    if opts.kind == ServiceKind::Worker {
+        return Err(GenerateError::Usage(
+            "worker services are generated on top of arq-queue, whose worker runtime is not released yet; \
+             generate an HTTP service for now (--kind http)"
+                .to_owned(),
+        ));
+    }
+    if let Some(route) = &opts.route {
+        manifest::check_route(route).map_err(GenerateError::Usage)?;
+    }
+    match platform_root {
+        Some(root) => plan_in_platform(root, opts, templates),
+        None => plan_standalone(cwd, opts, templates),
+    }
+}
+
+fn plan_in_platform(
+    root: &Path,
+    opts: &NewServiceOptions,
+    templates: &Templates,
+) -> Result<Generated, GenerateError> {
+    let (manifest, mut doc) = load_manifest(root)?.ok_or_else(|| {
+        GenerateError::Usage(format!("{} has no {MANIFEST_FILE}", root.display()))
+    })?;
+    let name = &opts.name;
+    let rel_dir = format!("services/{name}");
+    let route = opts.route.clone().unwrap_or_else(|| format!("/{name}"));
+    let entry = match manifest.services.get(name.as_str()) {
+        Some(existing) => {
+            // Re-running with the same inputs is allowed and changes nothing; different
+            // inputs would silently re-plumb a live service, so they are refused.
+            let same = existing.kind == opts.kind
+                && opts.port.is_none_or(|p| p == existing.port)
+                && existing.route.as_deref() == Some(route.as_str())
+                && existing.database == opts.database
+                && existing.queues == opts.queues;
+            if !same {
+                return Err(GenerateError::Usage(format!(
+                    "service {name} already exists in {MANIFEST_FILE} with other settings; edit [services.{name}] there instead"
+                )));
+            }
+            existing.clone()
+        }
+        None => {
+            if root.join(&rel_dir).exists() {
+                return Err(GenerateError::Usage(format!(
+                    "{rel_dir} already exists but is not in {MANIFEST_FILE}; remove it or choose another name"
+                )));
+            }
+            let entry = ServiceEntry {
+                kind: opts.kind,
+                port: opts.port.unwrap_or_else(|| manifest.next_free_port()),
+                route: Some(route),
+                database: opts.database,
+                queues: opts.queues.clone(),
+            };
+            manifest::add_service(&mut doc, name, &entry)?;
+            entry
+        }
+    };
+    let new_manifest_text = doc.to_string();
+    let new_manifest = Manifest::parse(&new_manifest_text, &root.join(MANIFEST_FILE))?;
+
+    let mut plan = Plan::new(root)?;
+    plan.edit(MANIFEST_FILE, "add service", new_manifest_text)?;
+    let cargo = add_workspace_member(root, &rel_dir)?;
+    plan.edit("Cargo.toml", "workspace member", cargo)?;
+
+    let ctx = platform_context(&new_manifest, Some((name, &entry)));
+    for t in templates.names_under("service") {
+        let out = format!("{rel_dir}/{}", output_path(&t, "service"));
+        plan.render(&out, &t, templates.render(&t, &ctx)?)?;
+    }
+    // Files derived from the manifest are re-rendered so they always list every service.
+    for t in templates.names_under("platform") {
+        let out = output_path(&t, "platform");
+        if out == "compose.yaml" {
+            plan.render(&out, &t, templates.render(&t, &ctx)?)?;
+        }
+    }
+    Ok(Generated {
+        plan: plan.finish(TEMPLATE_VERSION),
+        summary: format!(
+            "service {name} in {rel_dir} (port {}, route {}{})",
+            entry.port,
+            new_manifest.gateway.prefix,
+            entry.route.as_deref().unwrap_or("")
+        ),
+    })
+}
+
+fn plan_standalone(
+    cwd: &Path,
+    opts: &NewServiceOptions,
+    templates: &Templates,
+) -> Result<Generated, GenerateError> {
+    let name = &opts.name;
+    let root = cwd.join(name.as_str());
+    let record = root.join(crate::plan::RECORD_FILE);
+    if root.exists() && !record.exists() {
+        return Err(GenerateError::Usage(format!(
+            "{} already exists and was not generated by arq; choose another name or directory",
+            root.display()
+        )));
+    }
+    let entry = ServiceEntry {
+        kind: opts.kind,
+        port: opts.port.unwrap_or(manifest::FIRST_SERVICE_PORT),
+        route: Some(opts.route.clone().unwrap_or_else(|| format!("/{name}"))),
+        database: opts.database,
+        queues: opts.queues.clone(),
+    };
+    let manifest = Manifest {
+        platform: manifest::PlatformSection {
+            name: name.to_string(),
+            template_version: TEMPLATE_VERSION.to_owned(),
+        },
+        arq: opts.arq.clone(),
+        gateway: manifest::GatewaySection {
+            port: 3000,
+            prefix: String::new(),
+        },
+        services: Default::default(),
+    };
+    let mut ctx_struct = context_struct(&manifest, Some((name, &entry)));
+    ctx_struct.standalone = true;
+    let ctx = Value::from(minijinja::value::Serde(&ctx_struct));
+    let mut plan = Plan::new(&root)?;
+    for t in templates.names_under("service") {
+        plan.render(&output_path(&t, "service"), &t, templates.render(&t, &ctx)?)?;
+    }
+    Ok(Generated {
+        plan: plan.finish(TEMPLATE_VERSION),
+        summary: format!("standalone service {name} in {}", root.display()),
+    })
+}
+
+fn load_manifest(dir: &Path) -> Result<Option<(Manifest, DocumentMut)>, GenerateError> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(PlanError::Io { path, source }.into()),
+    };
+    let manifest = Manifest::parse(&text, &path)?;
+    let doc: DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| ManifestError::Syntax {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+    Ok(Some((manifest, doc)))
+}
+
+/// The platform's Cargo.toml with `member` added to `[workspace] members` (kept sorted and
+/// unique). Fails loudly if the document has no such array, rather than doing nothing.
+fn add_workspace_member(root: &Path, member: &str) -> Result<String, GenerateError> {
+    let path = root.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).map_err(|source| PlanError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        GenerateError::Usage(format!("{}: {e}", path.display()))
+    })?;
+    let members = doc
+        .get_mut("workspace")
+        .and_then(|w| w.get_mut("members"))
+        .and_then(|m| m.as_array_mut())
+        .ok_or_else(|| {
+            GenerateError::Usage(format!(
+                "{}: expected a `[workspace]` table with a `members = [...]` array; add one and re-run",
+                path.display()
+            ))
+        })?;
+    if !members.iter().any(|v| v.as_str() == Some(member)) {
+        members.push(member);
+        let mut all: Vec<String> = members
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        all.sort();
+        members.clear();
+        for m in all {
+            members.push(m);
+        }
+        members.set_trailing_comma(true);
+    }
+    Ok(doc.to_string())
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool, GenerateError> {
+    let mut it = std::fs::read_dir(dir).map_err(|source| PlanError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(it.next().is_none())
+}
+
+#[derive(Debug, Serialize)]
+struct Context {
+    template_version: &'static str,
+    arq_source_line: String,
+    standalone: bool,
+    platform: PlatformCtx,
+    arq: ArqDeps,
+    services: Vec<ServiceCtx>,
+    service: Option<ServiceCtx>,
+}
+
+#[derive(Debug, Serialize)]
+struct PlatformCtx {
+    name: String,
+    gateway_port: u16,
+    prefix: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ArqDeps {
+    core: String,
+    auth: String,
+    tenancy: String,
+    queue: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ServiceCtx {
+    name: String,
+    ident: String,
+    camel: String,
+    kind: &'static str,
+    port: u16,
+    route: String,
+    database: bool,
+    queues: Vec<String>,
+}
+
+fn service_ctx(name: &str, e: &ServiceEntry) -> ServiceCtx {
+    let parsed: Option<Name> = name.parse().ok();
+    ServiceCtx {
+        name: name.to_owned(),
+        ident: parsed
+            .as_ref()
+            .map_or_else(|| name.replace('-', "_"), Name::ident),
+        camel: parsed.as_ref().map_or_else(|| name.to_owned(), Name::camel),
+        kind: match e.kind {
+            ServiceKind::Http => "http",
+            ServiceKind::Worker => "worker",
+        },
+        port: e.port,
+        route: e.route.clone().unwrap_or_default(),
+        database: e.database,
+        queues: e.queues.clone(),
+    }
+}
+
+fn arq_dep(src: &ArqSource, krate: &str) -> String {
+    if let Some(path) = &src.path {
+        format!(
+            "{{ path = {:?} }}",
+            format!("{}/{krate}", path.trim_end_matches('/'))
+        )
+    } else if let Some(git) = &src.git {
+        format!("{{ git = {git:?} }}")
+    } else {
+        format!("{:?}", src.version.as_deref().unwrap_or(TEMPLATE_VERSION))
+    }
+}
+
+fn arq_source_line(src: &ArqSource) -> String {
+    if let Some(path) = &src.path {
+        format!("path = {path:?}")
+    } else if let Some(git) = &src.git {
+        format!("git = {git:?}")
+    } else {
+        format!(
+            "version = {:?}",
+            src.version.as_deref().unwrap_or(TEMPLATE_VERSION)
+        )
+    }
+}
+
+fn context_struct(m: &Manifest, service: Option<(&Name, &ServiceEntry)>) -> Context {
+    Context {
+        template_version: TEMPLATE_VERSION,
+        arq_source_line: arq_source_line(&m.arq),
+        standalone: false,
+        platform: PlatformCtx {
+            name: m.platform.name.clone(),
+            gateway_port: m.gateway.port,
+            prefix: m.gateway.prefix.clone(),
+        },
+        arq: ArqDeps {
+            core: arq_dep(&m.arq, "arq-core"),
+            auth: arq_dep(&m.arq, "arq-auth"),
+            tenancy: arq_dep(&m.arq, "arq-tenancy"),
+            queue: arq_dep(&m.arq, "arq-queue"),
+        },
+        services: m.services.iter().map(|(n, e)| service_ctx(n, e)).collect(),
+        service: service.map(|(n, e)| service_ctx(n.as_str(), e)),
+    }
+}
+
+fn platform_context(m: &Manifest, service: Option<(&Name, &ServiceEntry)>) -> Value {
+    Value::from(minijinja::value::Serde(context_struct(m, service)))
+}
+
+/// Errors from the generator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GenerateError {
+    /// The request cannot be carried out as given; the message says what to change.
+    #[error("{0}")]
+    Usage(String),
+    /// The manifest is unreadable or invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Planning or applying failed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A template failed.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}

@@ -1,0 +1,275 @@
+//! The `arq` binary end to end: generation, re-runs, dry runs, edits, bad names, exit codes.
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn arq(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arq"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn ok(cwd: &Path, args: &[&str]) -> String {
+    let out = arq(cwd, args);
+    assert!(
+        out.status.success(),
+        "arq {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(cwd: &Path, args: &[&str]) -> String {
+    let out = arq(cwd, args);
+    assert_eq!(out.status.code(), Some(2), "arq {args:?} should exit 2");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Every file under `dir` with its content, for before/after comparisons and snapshots.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+                out.insert(rel, std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+fn platform() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(tmp.path(), &["init", "acme", "--arq-version", "0.1.0"]);
+    let root = tmp.path().join("acme");
+    (tmp, root)
+}
+
+#[test]
+fn generated_files_snapshot() {
+    let (_tmp, root) = platform();
+    ok(&root, &["new", "service", "tasks"]);
+    for (path, content) in tree(&root) {
+        let name = path.to_string_lossy().replace(['/', '.'], "_");
+        insta::assert_snapshot!(name, content);
+    }
+}
+
+#[test]
+fn wiring_edits_keep_user_content() {
+    let (_tmp, root) = platform();
+    let manifest = root.join("arq.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("\n# my own note\n");
+    std::fs::write(&manifest, text).unwrap();
+    let cargo = root.join("Cargo.toml");
+    let mut text = std::fs::read_to_string(&cargo).unwrap();
+    text.push_str("\n[workspace.dependencies]\nserde = \"1\"\n");
+    std::fs::write(&cargo, text).unwrap();
+
+    ok(&root, &["new", "service", "tasks"]);
+    ok(
+        &root,
+        &["new", "service", "billing", "--route", "/bills", "--no-db"],
+    );
+
+    let manifest = std::fs::read_to_string(&manifest).unwrap();
+    assert!(manifest.contains("# my own note"));
+    assert!(
+        manifest.contains("[services.tasks]\nkind = \"http\"\nport = 3001\nroute = \"/tasks\"")
+    );
+    assert!(manifest.contains(
+        "[services.billing]\nkind = \"http\"\nport = 3002\nroute = \"/bills\"\ndatabase = false"
+    ));
+    let cargo = std::fs::read_to_string(&cargo).unwrap();
+    assert!(cargo.contains("serde = \"1\""));
+    assert!(cargo.contains("\"services/billing\""));
+    assert!(cargo.find("services/billing").unwrap() < cargo.find("services/tasks").unwrap());
+    let compose = std::fs::read_to_string(root.join("compose.yaml")).unwrap();
+    assert!(compose.contains("  billing:\n") && compose.contains("  tasks:\n"));
+}
+
+#[test]
+fn rerunning_changes_nothing() {
+    let (_tmp, root) = platform();
+    ok(&root, &["new", "service", "tasks"]);
+    let before = tree(&root);
+    let out = ok(&root, &["new", "service", "tasks"]);
+    assert!(out.contains("up to date"), "{out}");
+    let out = ok(&root, &["init", "."]);
+    assert!(out.contains("up to date"), "{out}");
+    assert_eq!(before, tree(&root));
+}
+
+#[test]
+fn dry_run_writes_nothing_and_prints_a_diff() {
+    let (_tmp, root) = platform();
+    let before = tree(&root);
+    let out = ok(&root, &["new", "service", "tasks", "--dry-run"]);
+    assert_eq!(before, tree(&root));
+    assert!(out.contains("+++ b/services/tasks/src/main.rs"), "{out}");
+    assert!(out.contains("--- a/arq.toml"), "{out}");
+    assert!(out.contains("+[services.tasks]"), "{out}");
+    assert!(out.contains("nothing written"), "{out}");
+}
+
+#[test]
+fn edited_files_are_never_overwritten_silently() {
+    let (_tmp, root) = platform();
+    ok(&root, &["new", "service", "tasks"]);
+    let compose = root.join("compose.yaml");
+    std::fs::write(&compose, "# mine\n").unwrap();
+    let before = tree(&root);
+    let err = fails(&root, &["new", "service", "billing"]);
+    assert!(
+        err.contains("compose.yaml") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        before,
+        tree(&root),
+        "nothing may be written when a conflict is found"
+    );
+    ok(&root, &["new", "service", "billing", "--force"]);
+    assert!(
+        std::fs::read_to_string(&compose)
+            .unwrap()
+            .contains("billing")
+    );
+}
+
+#[test]
+fn bad_names_are_refused_and_nothing_is_written() {
+    let (_tmp, root) = platform();
+    let before = tree(&root);
+    for (name, needle) in [
+        ("../x", "looks like a path"),
+        ("Tasks", "lowercase"),
+        ("gateway", "reserved"),
+        ("match", "Rust keyword"),
+        ("", "empty"),
+        ("a b", "contains ' '"),
+    ] {
+        let err = fails(&root, &["new", "service", name]);
+        assert!(err.contains(needle), "{name:?}: {err}");
+    }
+    assert_eq!(before, tree(&root));
+}
+
+#[test]
+fn existing_directories_and_conflicting_settings_are_refused() {
+    let (_tmp, root) = platform();
+    std::fs::create_dir_all(root.join("services/tasks")).unwrap();
+    let err = fails(&root, &["new", "service", "tasks"]);
+    assert!(
+        err.contains("already exists but is not in arq.toml"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(root.join("services/tasks")).unwrap();
+    ok(&root, &["new", "service", "tasks"]);
+    let err = fails(&root, &["new", "service", "tasks", "--port", "3999"]);
+    assert!(err.contains("other settings"), "{err}");
+    let err = fails(&root, &["new", "service", "other", "--route", "/tasks/sub"]);
+    assert!(err.contains("overlap"), "{err}");
+    let err = fails(&root, &["new", "service", "other", "--route", "tasks"]);
+    assert!(err.contains("route prefix"), "{err}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("full")).unwrap();
+    std::fs::write(tmp.path().join("full/file"), "x").unwrap();
+    let err = fails(tmp.path(), &["init", "full"]);
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn broken_manifest_is_reported_with_its_location() {
+    let (_tmp, root) = platform();
+    std::fs::write(root.join("arq.toml"), "[platform\n").unwrap();
+    let err = fails(&root, &["new", "service", "tasks"]);
+    assert!(err.contains("arq.toml") && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn standalone_service_outside_a_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(
+        tmp.path(),
+        &["new", "service", "solo", "--arq-version", "0.1.0"],
+    );
+    let cargo = std::fs::read_to_string(tmp.path().join("solo/Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains("[workspace]"),
+        "a standalone service is its own workspace"
+    );
+    let out = ok(
+        tmp.path(),
+        &["new", "service", "solo", "--arq-version", "0.1.0"],
+    );
+    assert!(out.contains("up to date"), "{out}");
+}
+
+#[test]
+fn generated_rust_is_rustfmt_clean_even_with_long_names() {
+    let (_tmp, root) = platform();
+    let long = "a-very-long-service-name-of-forty-chars1";
+    assert_eq!(long.len(), 40);
+    ok(&root, &["new", "service", long]);
+    ok(&root, &["new", "service", "t"]);
+    let files: Vec<PathBuf> = tree(&root)
+        .into_keys()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| root.join(p))
+        .collect();
+    assert!(files.len() >= 6);
+    let out = Command::new("rustfmt")
+        .args(["--check", "--edition", "2024"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "generated code is not rustfmt-clean:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn help_has_examples_and_completions_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(tmp.path(), &["new", "service", "--help"]);
+    assert!(out.contains("Examples:") && out.contains("--dry-run"));
+    let out = ok(tmp.path(), &["completions", "bash"]);
+    assert!(out.contains("_arq()"));
+    let out = arq(tmp.path(), &["bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn template_overrides_are_used_and_reported() {
+    let (_tmp, root) = platform();
+    let custom = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(custom.path().join("service")).unwrap();
+    std::fs::write(
+        custom.path().join("service/README.md.j2"),
+        "# custom {{ service.name }}\n",
+    )
+    .unwrap();
+    let dir = custom.path().to_str().unwrap();
+    let out = ok(&root, &["new", "service", "tasks", "--templates", dir]);
+    assert!(out.contains("template service/README.md.j2 from"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("services/tasks/README.md")).unwrap(),
+        "# custom tasks\n"
+    );
+}

@@ -1,0 +1,2 @@
+//! Placeholder until the rate-limit benchmark lands.
+fn main() {}

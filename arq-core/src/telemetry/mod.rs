@@ -1,0 +1,130 @@
+//! Telemetry: JSON logs, the HTTP metrics and `/metrics`, and trace-context helpers.
+//!
+//! - [`init`] installs a tracing-subscriber that writes one JSON object per line with the
+//!   timestamp, level, target, message and the fields of the request span: `request_id`,
+//!   `trace_id`, `span_id`, `route`, and `tenant` once [`record_tenant`] was called.
+//! - [`HttpMetrics`] holds `http_request_duration_seconds` (labels `method`, `route` — the
+//!   matched template, never the raw path — and `status_class`) and `http_requests_in_flight`.
+//! - [`metrics_router`] serves a [`MetricsRegistry`] at `/metrics`.
+//!
+//! W3C trace context: the edge stack extracts `traceparent`/`tracestate`, continues the trace
+//! with a new span id and puts the [`TraceContext`](crate::TraceContext) in the request
+//! extensions; [`crate::client`] injects its child into outbound calls.
+
+mod http_metrics;
+
+use std::fmt;
+
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http::{HeaderValue, header};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub use http_metrics::{HttpMetrics, UNMATCHED_ROUTE};
+
+use crate::config::{LogFormat, TelemetryConfig};
+use crate::metrics::{MetricsRegistry, OPENMETRICS_CONTENT_TYPE};
+
+/// Lowercase hex of a byte string, formatted without allocating (for span fields).
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why telemetry could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The log filter is not valid (config validation normally catches this first).
+    #[error("invalid log filter {filter:?}: {reason}")]
+    Filter {
+        /// The filter text.
+        filter: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A global subscriber is already installed (call `init` once, in `main`).
+    #[error("a global tracing subscriber is already installed; call telemetry::init once, in main")]
+    AlreadyInstalled,
+}
+
+/// Installs the global tracing subscriber from `[telemetry]`: JSON lines (or pretty text) on
+/// stdout, filtered by `log_level` (`RUST_LOG` overrides it when set).
+pub fn init(config: &TelemetryConfig) -> Result<(), TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => f,
+        _ => config.log_level.clone(),
+    };
+    let filter = EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|e| TelemetryError::Filter {
+            filter: filter.clone(),
+            reason: e.to_string(),
+        })?;
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match config.log_format {
+        LogFormat::Json => registry.with(json_layer(std::io::stdout)).try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_target(true))
+            .try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+/// The JSON formatting layer [`init`] installs, writing to `make_writer` (tests capture it).
+pub fn json_layer<S, W>(make_writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .flatten_event(true)
+        .with_target(true)
+        .with_writer(make_writer)
+}
+
+/// Records the tenant on the current request span, so every later log line of the request
+/// carries it. Tenant-resolution layers call this once they know the tenant.
+pub fn record_tenant(tenant: &crate::TenantId) {
+    tracing::Span::current().record("tenant", tracing::field::display(tenant));
+}
+
+/// A router serving `registry` at `GET /metrics` in the OpenMetrics text format.
+///
+/// # Example
+/// ```
+/// use arq_core::metrics::MetricsRegistry;
+/// use arq_core::telemetry::metrics_router;
+///
+/// let app: axum::Router = axum::Router::new().merge(metrics_router(MetricsRegistry::new()));
+/// ```
+pub fn metrics_router(registry: MetricsRegistry) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+                    )],
+                    registry.encode(),
+                )
+                    .into_response()
+            }
+        }),
+    )
+}

@@ -1,0 +1,453 @@
+//! The envelope every message travels in, and the typed messages put inside it.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arq_core::{TenantId, TraceContext, TraceParent, TraceState};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::QueueError;
+
+/// A message type that can be published and handled.
+///
+/// `TYPE` names the message on the wire (the envelope's `type`, the AMQP `type` property) and is
+/// the default routing key.
+///
+/// # Example
+/// ```
+/// use arq_queue::Message;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct SendEmail {
+///     to: String,
+/// }
+///
+/// impl Message for SendEmail {
+///     const TYPE: &'static str = "email.send";
+/// }
+/// assert_eq!(SendEmail::TYPE, "email.send");
+/// ```
+pub trait Message: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// The message type name, also the default routing key.
+    const TYPE: &'static str;
+}
+
+/// A message id: a UUID v7, unique per published message and kept across retries, so
+/// consumers deduplicate redeliveries by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(Uuid);
+
+impl MessageId {
+    /// A fresh, time-ordered id.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Wraps an existing UUID.
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// The UUID inside.
+    pub const fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl std::str::FromStr for MessageId {
+    type Err = QueueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::try_parse(s)
+            .map(Self)
+            .map_err(|_| QueueError::Decode {
+                reason: format!("the message id {s:?} is not a UUID"),
+            })
+    }
+}
+
+/// One failed attempt, kept in the envelope so the dead-letter queue shows the whole history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The attempt that failed (1 is the first delivery).
+    pub attempt: u32,
+    /// When it failed, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What the handler (or the runtime: timeout, panic, undecodable payload) reported.
+    pub error: String,
+}
+
+type ToJson = fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, serde_json::Error>;
+
+/// The payload of an envelope: either JSON bytes (what crosses a network) or the typed value
+/// itself (what the in-memory backend passes around without serializing).
+#[derive(Clone)]
+pub enum Payload {
+    /// JSON text.
+    Json(Bytes),
+    /// A typed value published in-process; serialized only if something needs its JSON
+    /// (peeking a dead letter, handing it to a network backend).
+    Native(NativePayload),
+}
+
+/// A typed payload that has not been serialized.
+#[derive(Clone)]
+pub struct NativePayload {
+    value: Arc<dyn Any + Send + Sync>,
+    to_json: ToJson,
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Json(b) => f
+                .debug_tuple("Json")
+                .field(&String::from_utf8_lossy(b))
+                .finish(),
+            Self::Native(_) => f.write_str("Native(..)"),
+        }
+    }
+}
+
+fn to_json_of<T: Serialize + 'static>(
+    value: &(dyn Any + Send + Sync),
+) -> Result<Vec<u8>, serde_json::Error> {
+    match value.downcast_ref::<T>() {
+        Some(v) => serde_json::to_vec(v),
+        // Unreachable by construction: the function pointer is stored next to a value of `T`.
+        None => Ok(b"null".to_vec()),
+    }
+}
+
+impl Payload {
+    /// A typed payload, not serialized.
+    pub fn native<T: Serialize + Send + Sync + 'static>(value: T) -> Self {
+        Self::Native(NativePayload {
+            value: Arc::new(value),
+            to_json: to_json_of::<T>,
+        })
+    }
+
+    /// The payload as JSON bytes, serializing a typed payload.
+    pub fn to_json(&self) -> Result<Bytes, QueueError> {
+        match self {
+            Self::Json(b) => Ok(b.clone()),
+            Self::Native(n) => {
+                (n.to_json)(n.value.as_ref())
+                    .map(Bytes::from)
+                    .map_err(|e| QueueError::Encode {
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// The payload as a `T`: a clone of a typed payload of that type, or JSON decoded into it.
+    pub fn decode<T: DeserializeOwned + Clone + 'static>(&self) -> Result<T, QueueError> {
+        let json = match self {
+            Self::Native(n) => {
+                if let Some(v) = n.value.downcast_ref::<T>() {
+                    return Ok(v.clone());
+                }
+                self.to_json()?
+            }
+            Self::Json(b) => b.clone(),
+        };
+        serde_json::from_slice(&json).map_err(|e| QueueError::Decode {
+            reason: format!("the payload does not decode as the handler's type: {e}"),
+        })
+    }
+}
+
+/// The envelope: what every backend stores and every handler receives.
+///
+/// # Example
+/// ```
+/// use arq_queue::{Envelope, Message, TenantId, TraceContext};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Clone, Serialize, Deserialize, PartialEq, Debug)]
+/// # struct SendEmail { to: String }
+/// # impl Message for SendEmail { const TYPE: &'static str = "email.send"; }
+///
+/// let tenant = TenantId::generate();
+/// let env = Envelope::new(SendEmail { to: "a@example.com".into() })
+///     .with_tenant(tenant)
+///     .with_trace(TraceContext::new_root(true))
+///     .with_header("priority", "high");
+/// assert_eq!(&*env.message_type, "email.send");
+/// assert_eq!(env.attempt, 1);
+///
+/// // Round trip through the wire form a network backend uses.
+/// let wire = env.encode()?;
+/// let back = arq_queue::Envelope::decode(&wire)?;
+/// assert_eq!(back.id, env.id);
+/// assert_eq!(back.tenant, Some(tenant));
+/// assert_eq!(back.payload.decode::<SendEmail>()?.to, "a@example.com");
+/// # Ok::<(), arq_queue::QueueError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Envelope {
+    /// Unique per published message, kept across retries.
+    pub id: MessageId,
+    /// The message type name ([`Message::TYPE`]).
+    pub message_type: Arc<str>,
+    /// The tenant the message belongs to, restored around the handler.
+    pub tenant: Option<TenantId>,
+    /// The trace the publish happened in; the handler runs in a child span of it.
+    pub trace: Option<TraceContext>,
+    /// The delivery attempt, 1 for the first.
+    pub attempt: u32,
+    /// Free-form string headers.
+    pub headers: BTreeMap<String, String>,
+    /// When the message was first published, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Earlier failed attempts, oldest first.
+    pub failures: Vec<Failure>,
+    /// The payload.
+    pub payload: Payload,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+impl Envelope {
+    /// A new envelope around a typed message, not serialized. If the current task is running a
+    /// queue handler, the tenant and a child of its trace are inherited.
+    pub fn new<T: Message>(message: T) -> Self {
+        Self::with_payload(T::TYPE, Payload::native(message))
+    }
+
+    /// A new envelope around an already-built payload.
+    pub fn with_payload(message_type: impl Into<Arc<str>>, payload: Payload) -> Self {
+        let scope = crate::scope::MessageScope::current();
+        Self {
+            id: MessageId::generate(),
+            message_type: message_type.into(),
+            tenant: scope.as_ref().and_then(|s| s.tenant),
+            trace: scope.and_then(|s| s.trace.map(|t| t.child())),
+            attempt: 1,
+            headers: BTreeMap::new(),
+            created_at_ms: now_ms(),
+            failures: Vec::new(),
+            payload,
+        }
+    }
+
+    /// Sets the tenant.
+    #[must_use]
+    pub fn with_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// Sets the trace context.
+    #[must_use]
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Serializes the whole envelope to its JSON wire form (used by Redis Streams and the
+    /// outbox; RabbitMQ maps the fields onto AMQP properties instead).
+    pub fn encode(&self) -> Result<Vec<u8>, QueueError> {
+        let payload = self.payload.to_json()?;
+        let payload_text = std::str::from_utf8(&payload).map_err(|e| QueueError::Encode {
+            reason: e.to_string(),
+        })?;
+        let raw =
+            serde_json::value::RawValue::from_string(payload_text.to_owned()).map_err(|e| {
+                QueueError::Encode {
+                    reason: e.to_string(),
+                }
+            })?;
+        let wire = Wire {
+            id: self.id,
+            message_type: &self.message_type,
+            tenant: self.tenant,
+            traceparent: self.trace.as_ref().map(|t| t.parent.to_string()),
+            tracestate: self
+                .trace
+                .as_ref()
+                .filter(|t| !t.state.is_empty())
+                .map(|t| t.state.to_string()),
+            attempt: self.attempt,
+            headers: &self.headers,
+            created_at_ms: self.created_at_ms,
+            failures: &self.failures,
+            payload: &raw,
+        };
+        serde_json::to_vec(&wire).map_err(|e| QueueError::Encode {
+            reason: e.to_string(),
+        })
+    }
+
+    /// Parses the JSON wire form. Bad input is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Self, QueueError> {
+        let wire: WireOwned = serde_json::from_slice(bytes).map_err(|e| QueueError::Decode {
+            reason: format!("not an arq envelope: {e}"),
+        })?;
+        Ok(Self {
+            id: wire.id,
+            message_type: wire.message_type.into(),
+            tenant: wire.tenant,
+            trace: trace_from_parts(wire.traceparent.as_deref(), wire.tracestate.as_deref()),
+            attempt: wire.attempt.max(1),
+            headers: wire.headers,
+            created_at_ms: wire.created_at_ms,
+            failures: wire.failures,
+            payload: Payload::Json(Bytes::from(wire.payload.get().to_owned())),
+        })
+    }
+
+    /// The last failure's error, if any.
+    pub fn last_error(&self) -> Option<&str> {
+        self.failures.last().map(|f| f.error.as_str())
+    }
+}
+
+/// Rebuilds a trace context from its two header values; an invalid `traceparent` means none,
+/// an invalid `tracestate` is dropped (as the W3C recommendation says).
+pub(crate) fn trace_from_parts(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Option<TraceContext> {
+    let parent: TraceParent = traceparent?.parse().ok()?;
+    let state: TraceState = tracestate.and_then(|s| s.parse().ok()).unwrap_or_default();
+    Some(TraceContext { parent, state })
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    id: MessageId,
+    #[serde(rename = "type")]
+    message_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<TenantId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<String>,
+    attempt: u32,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers: &'a BTreeMap<String, String>,
+    created_at_ms: u64,
+    #[serde(skip_serializing_if = "<[Failure]>::is_empty")]
+    failures: &'a [Failure],
+    payload: &'a serde_json::value::RawValue,
+}
+
+#[derive(Deserialize)]
+struct WireOwned {
+    id: MessageId,
+    #[serde(rename = "type")]
+    message_type: String,
+    #[serde(default)]
+    tenant: Option<TenantId>,
+    #[serde(default)]
+    traceparent: Option<String>,
+    #[serde(default)]
+    tracestate: Option<String>,
+    attempt: u32,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    created_at_ms: u64,
+    #[serde(default)]
+    failures: Vec<Failure>,
+    payload: Box<serde_json::value::RawValue>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Ping {
+        n: u32,
+    }
+    impl Message for Ping {
+        const TYPE: &'static str = "ping";
+    }
+
+    #[test]
+    fn native_payload_decodes_without_serializing_and_falls_back_to_json() {
+        let p = Payload::native(Ping { n: 3 });
+        assert_eq!(p.decode::<Ping>().unwrap(), Ping { n: 3 });
+        // Another type with a compatible shape decodes through JSON.
+        #[derive(Clone, Deserialize)]
+        struct Other {
+            n: u64,
+        }
+        assert_eq!(p.decode::<Other>().unwrap().n, 3);
+        assert!(p.decode::<String>().is_err());
+    }
+
+    #[test]
+    fn wire_round_trip_keeps_every_field() {
+        let mut env = Envelope::new(Ping { n: 7 })
+            .with_tenant(TenantId::generate())
+            .with_trace(TraceContext {
+                parent: TraceParent::new_root(true),
+                state: "a=1".parse().unwrap(),
+            })
+            .with_header("k", "v");
+        env.attempt = 2;
+        env.failures.push(Failure {
+            attempt: 1,
+            at_ms: 5,
+            error: "boom".into(),
+        });
+        let back = Envelope::decode(&env.encode().unwrap()).unwrap();
+        assert_eq!(back.id, env.id);
+        assert_eq!(&*back.message_type, "ping");
+        assert_eq!(back.tenant, env.tenant);
+        assert_eq!(back.trace, env.trace);
+        assert_eq!(back.attempt, 2);
+        assert_eq!(back.headers, env.headers);
+        assert_eq!(back.created_at_ms, env.created_at_ms);
+        assert_eq!(back.failures, env.failures);
+        assert_eq!(back.last_error(), Some("boom"));
+        assert_eq!(back.payload.decode::<Ping>().unwrap(), Ping { n: 7 });
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for bad in [&b""[..], b"{}", b"[1,2]", b"\xff\xfe", b"{\"id\":\"x\"}"] {
+            assert!(Envelope::decode(bad).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = Envelope::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The in-memory backend: the embedded default for tests and local runs.
+//!
+//! Same semantics as the network backends (topic routing with unroutable errors, prefetch,
+//! redelivery of unacknowledged messages, retries through a wait stage, dead letters with a
+//! TTL) but nothing survives the process. Payloads stay typed: nothing is serialized on the
+//! publish → handler → ack path.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
+use crate::envelope::{Envelope, Failure};
+use crate::error::QueueError;
+use crate::topology::{QueueConfig, Topology};
+
+/// The in-memory backend. Clones share the same queues.
+///
+/// # Example
+/// ```
+/// use arq_queue::{MemoryBackend, Queue, QueueConfig, Topology};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let topology = Topology::new(["app"]).queue_config(QueueConfig::new("jobs").bind("app", "job.#"));
+/// let queue = Queue::new(MemoryBackend::new(), topology).await?;
+/// # Ok::<(), arq_queue::QueueError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Default, Debug)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default, Debug)]
+struct Inner {
+    topology: RwLock<Option<Arc<Topology>>>,
+    queues: RwLock<HashMap<String, Arc<MemQueue>>>,
+    /// exchange → routing key → target queues; filled on first use of each key.
+    routes: RwLock<RouteCache>,
+}
+
+type Targets = Arc<[Arc<MemQueue>]>;
+type RouteCache = HashMap<Arc<str>, HashMap<Arc<str>, Targets>>;
+
+#[derive(Debug)]
+struct MemQueue {
+    ready: Mutex<VecDeque<Envelope>>,
+    notify: Notify,
+    unacked: AtomicU64,
+    waiting: AtomicU64,
+    dead: Mutex<VecDeque<(Instant, Envelope)>>,
+    dead_ttl: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemQueue {
+    fn push_back(&self, env: Envelope) {
+        lock(&self.ready).push_back(env);
+        self.notify.notify_one();
+    }
+
+    fn push_front(&self, env: Envelope) {
+        lock(&self.ready).push_front(env);
+        self.notify.notify_one();
+    }
+
+    fn dead(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Envelope)>> {
+        let mut dead = lock(&self.dead);
+        let now = Instant::now();
+        while dead
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= self.dead_ttl)
+        {
+            dead.pop_front();
+        }
+        dead
+    }
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn queue(&self, name: &str) -> Result<Arc<MemQueue>, QueueError> {
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| QueueError::Unknown {
+                kind: "queue",
+                name: name.to_owned(),
+            })
+    }
+
+    fn targets(
+        &self,
+        exchange: &Arc<str>,
+        key: &Arc<str>,
+    ) -> Result<Arc<[Arc<MemQueue>]>, QueueError> {
+        if let Some(t) = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&**exchange)
+            .and_then(|m| m.get(&**key))
+        {
+            return Ok(t.clone());
+        }
+        let topology = self
+            .inner
+            .topology
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| QueueError::Unknown {
+                kind: "exchange",
+                name: exchange.to_string(),
+            })?;
+        let names = topology.route(exchange, key)?;
+        let targets: Arc<[Arc<MemQueue>]> = names
+            .iter()
+            .map(|n| self.queue(n))
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
+        let mut routes = self
+            .inner
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bound the cache: routing keys can be unbounded (ids in keys); recomputing is cheap.
+        if routes.values().map(HashMap::len).sum::<usize>() > 10_000 {
+            routes.clear();
+        }
+        routes
+            .entry(exchange.clone())
+            .or_default()
+            .insert(key.clone(), targets.clone());
+        Ok(targets)
+    }
+}
+
+impl Backend for MemoryBackend {
+    type Consumer = MemoryConsumer;
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn declare(&self, topology: &Topology) -> Result<(), QueueError> {
+        topology.validate()?;
+        {
+            let mut queues = self
+                .inner
+                .queues
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for q in &topology.queues {
+                queues.entry(q.name.clone()).or_insert_with(|| {
+                    Arc::new(MemQueue {
+                        ready: Mutex::new(VecDeque::new()),
+                        notify: Notify::new(),
+                        unacked: AtomicU64::new(0),
+                        waiting: AtomicU64::new(0),
+                        dead: Mutex::new(VecDeque::new()),
+                        dead_ttl: q.dead_letter_ttl,
+                    })
+                });
+            }
+        }
+        *self
+            .inner
+            .topology
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(topology.clone()));
+        self.inner
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        Ok(())
+    }
+
+    async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), QueueError> {
+        // Route everything first so an unroutable message fails the batch before any is stored.
+        let mut routed = Vec::with_capacity(batch.len());
+        for o in batch {
+            let targets = self.targets(&o.exchange, &o.routing_key)?;
+            routed.push((targets, o.envelope));
+        }
+        for (targets, env) in routed {
+            if let [only] = &*targets {
+                only.push_back(env);
+            } else {
+                for t in targets.iter() {
+                    t.push_back(env.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, queue: &QueueConfig) -> Result<MemoryConsumer, QueueError> {
+        Ok(MemoryConsumer {
+            queue: self.queue(&queue.name)?,
+            permits: Arc::new(Semaphore::new(usize::from(queue.prefetch))),
+            buffer: VecDeque::new(),
+        })
+    }
+
+    async fn stats(&self, queue: &QueueConfig) -> Result<QueueStats, QueueError> {
+        let q = self.queue(&queue.name)?;
+        let ready = lock(&q.ready).len() as u64;
+        let dead = q.dead().len() as u64;
+        Ok(QueueStats {
+            ready,
+            unacked: q.unacked.load(Ordering::Relaxed),
+            waiting_retry: q.waiting.load(Ordering::Relaxed),
+            dead,
+        })
+    }
+
+    async fn peek_dead(
+        &self,
+        queue: &QueueConfig,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, QueueError> {
+        let q = self.queue(&queue.name)?;
+        let dead = q.dead();
+        Ok(dead.iter().take(limit).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn requeue_dead(&self, queue: &QueueConfig, limit: usize) -> Result<usize, QueueError> {
+        let q = self.queue(&queue.name)?;
+        let moved: Vec<Envelope> = {
+            let mut dead = q.dead();
+            let n = limit.min(dead.len());
+            dead.drain(..n).map(|(_, e)| e).collect()
+        };
+        let n = moved.len();
+        for mut env in moved {
+            env.attempt = 1;
+            q.push_back(env);
+        }
+        Ok(n)
+    }
+
+    async fn purge(&self, queue: &QueueConfig) -> Result<u64, QueueError> {
+        let q = self.queue(&queue.name)?;
+        let mut ready = lock(&q.ready);
+        let n = ready.len() as u64;
+        ready.clear();
+        Ok(n)
+    }
+
+    async fn purge_dead(&self, queue: &QueueConfig) -> Result<u64, QueueError> {
+        let q = self.queue(&queue.name)?;
+        let mut dead = q.dead();
+        let n = dead.len() as u64;
+        dead.clear();
+        Ok(n)
+    }
+}
+
+/// A consumer of one in-memory queue. Messages it took but has not handed out go back to
+/// the front of the queue when it is dropped.
+#[derive(Debug)]
+pub struct MemoryConsumer {
+    queue: Arc<MemQueue>,
+    permits: Arc<Semaphore>,
+    buffer: VecDeque<Envelope>,
+}
+
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let mut ready = lock(&self.queue.ready);
+        while let Some(env) = self.buffer.pop_back() {
+            ready.push_front(env);
+        }
+        drop(ready);
+        self.queue.notify.notify_one();
+    }
+}
+
+impl Consumer for MemoryConsumer {
+    type Delivery = MemoryDelivery;
+
+    // Cancel-safe: a permit or a wake-up lost to cancellation loses no message.
+    async fn next(&mut self) -> Option<Result<MemoryDelivery, QueueError>> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        loop {
+            if let Some(env) = self.buffer.pop_front() {
+                self.queue.unacked.fetch_add(1, Ordering::Relaxed);
+                return Some(Ok(MemoryDelivery {
+                    queue: self.queue.clone(),
+                    envelope: Some(env),
+                    _permit: permit,
+                }));
+            }
+            {
+                // Take as many as we may hold, in one lock, to keep lock traffic per message low.
+                let mut ready = lock(&self.queue.ready);
+                let n = (self.permits.available_permits() + 1).min(ready.len());
+                self.buffer.extend(ready.drain(..n));
+                let more = !ready.is_empty();
+                drop(ready);
+                if more {
+                    // Pass the wake-up on to another consumer of this queue.
+                    self.queue.notify.notify_one();
+                }
+            }
+            if self.buffer.is_empty() {
+                self.queue.notify.notified().await;
+            }
+        }
+    }
+}
+
+/// One in-memory delivery. Dropped unsettled, it goes back to the front of its queue.
+#[derive(Debug)]
+pub struct MemoryDelivery {
+    queue: Arc<MemQueue>,
+    envelope: Option<Envelope>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MemoryDelivery {
+    fn take(mut self) -> Option<Envelope> {
+        self.queue.unacked.fetch_sub(1, Ordering::Relaxed);
+        self.envelope.take()
+    }
+}
+
+impl Drop for MemoryDelivery {
+    fn drop(&mut self) {
+        if let Some(env) = self.envelope.take() {
+            self.queue.unacked.fetch_sub(1, Ordering::Relaxed);
+            self.queue.push_front(env);
+        }
+    }
+}
+
+fn record(env: &mut Envelope, failure: Failure) {
+    env.failures.push(failure);
+    env.attempt = env.attempt.saturating_add(1);
+}
+
+impl Delivery for MemoryDelivery {
+    fn envelope(&self) -> &Envelope {
+        // Present until settled; settling consumes the delivery.
+        self.envelope
+            .as_ref()
+            .unwrap_or_else(|| unreachable_envelope())
+    }
+
+    async fn ack(self) -> Result<(), QueueError> {
+        let _ = self.take();
+        Ok(())
+    }
+
+    async fn retry(self, failure: Failure, delay: Duration) -> Result<(), QueueError> {
+        let queue = self.queue.clone();
+        let Some(mut env) = self.take() else {
+            return Ok(());
+        };
+        record(&mut env, failure);
+        queue.waiting.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.waiting.fetch_sub(1, Ordering::Relaxed);
+            queue.push_back(env);
+        });
+        Ok(())
+    }
+
+    async fn dead_letter(self, failure: Failure) -> Result<(), QueueError> {
+        let queue = self.queue.clone();
+        let Some(mut env) = self.take() else {
+            return Ok(());
+        };
+        env.failures.push(failure);
+        queue.dead().push_back((Instant::now(), env));
+        Ok(())
+    }
+}
+
+#[allow(
+    clippy::panic,
+    reason = "unreachable: a delivery holds its envelope until consumed"
+)]
+fn unreachable_envelope() -> &'static Envelope {
+    panic!("a settled delivery has no envelope")
+}

@@ -1,0 +1,122 @@
+//! The behavioural suite on the in-memory backend, plus paused-clock tests of its timers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod suite;
+
+use arq_queue::{MemoryBackend, Topology};
+
+struct Mem {
+    backend: MemoryBackend,
+    unique: String,
+}
+
+impl suite::Fixture for Mem {
+    type B = MemoryBackend;
+    async fn backend(&self) -> MemoryBackend {
+        self.backend.clone()
+    }
+    fn unique(&self) -> &str {
+        &self.unique
+    }
+    async fn cleanup(&self, _topology: &Topology) {}
+}
+
+async fn fixture() -> Mem {
+    Mem {
+        backend: MemoryBackend::new(),
+        unique: format!("t{}", uuid::Uuid::new_v4().simple()),
+    }
+}
+
+behaviour!(fixture());
+
+mod paused_clock {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use arq_queue::{
+        Envelope, HandlerError, Job, MemoryBackend, Queue, QueueConfig, Topology, Worker,
+    };
+    use tokio::time::Instant;
+
+    use super::suite::{Act, Task};
+
+    fn topology() -> Topology {
+        // Defaults: 3 attempts, 1 h retry delay, dead letters kept 7 days.
+        Topology::new(["x"]).queue_config(QueueConfig::new("work").bind("x", "task.#"))
+    }
+
+    /// PITFALLS 61: the default retry delay is an hour, and the retry waits for it (on tokio's
+    /// paused clock, so the test takes milliseconds).
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_the_default_hour() {
+        let q = Queue::new(MemoryBackend::new(), topology()).await.unwrap();
+        let at: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+        let at2 = at.clone();
+        let w = Worker::new(q.clone())
+            .handle("work", move |job: Job<Task>| {
+                let at = at2.clone();
+                async move {
+                    at.lock().unwrap().push((job.attempt, Instant::now()));
+                    if job.attempt < 3 {
+                        return Err(HandlerError::retry("not yet"));
+                    }
+                    Ok(())
+                }
+            })
+            .unwrap();
+        q.publish_envelope("x", "task.run", Envelope::new(Task { n: 1, act: Act::Ok }))
+            .await
+            .unwrap();
+        let at3 = at.clone();
+        w.run(async move {
+            while at3.lock().unwrap().len() < 3 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let at = at.lock().unwrap().clone();
+        assert_eq!(at.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let gap1 = at[1].1 - at[0].1;
+        let gap2 = at[2].1 - at[1].1;
+        assert!(
+            gap1 >= Duration::from_secs(3600) && gap1 < Duration::from_secs(3602),
+            "{gap1:?}"
+        );
+        assert!(
+            gap2 >= Duration::from_secs(3600) && gap2 < Duration::from_secs(3602),
+            "{gap2:?}"
+        );
+        let stats = q.list().await.unwrap()[0].stats;
+        assert_eq!((stats.depth(), stats.waiting_retry, stats.dead), (0, 0, 0));
+    }
+
+    /// Dead letters are kept 7 days, then expire.
+    #[tokio::test(start_paused = true)]
+    async fn dead_letters_expire_after_seven_days() {
+        let t = Topology::new(["x"])
+            .queue_config(QueueConfig::new("work").bind("x", "task.#").max_attempts(1));
+        let q = Queue::new(MemoryBackend::new(), t).await.unwrap();
+        let w = Worker::new(q.clone())
+            .handle("work", |_job: Job<Task>| async {
+                Err::<(), _>(HandlerError::retry("always"))
+            })
+            .unwrap();
+        q.publish_envelope("x", "task.run", Envelope::new(Task { n: 1, act: Act::Ok }))
+            .await
+            .unwrap();
+        let q2 = q.clone();
+        w.run(async move {
+            while q2.list().await.unwrap()[0].stats.dead == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::advance(Duration::from_secs(7 * 24 * 3600 - 60)).await;
+        assert_eq!(q.list().await.unwrap()[0].stats.dead, 1);
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert_eq!(q.list().await.unwrap()[0].stats.dead, 0);
+    }
+}

@@ -1,0 +1,3 @@
+//! Placeholder until the tenant transaction benchmark lands.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Field-level encryption (in progress).

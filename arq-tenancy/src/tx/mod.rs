@@ -1,0 +1,371 @@
+//! Tenant transactions: the only way this crate lets a service reach tenant tables.
+//!
+//! [`TenantPool`] wraps a `sqlx::PgPool` and does not hand it out: every connection it lends is
+//! inside a [`TenantTx`] whose first statement scopes it to one tenant,
+//!
+//! ```sql
+//! BEGIN; SELECT set_config('app.tenant_id', '<uuid>', true), set_config('statement_timeout', '5000', true)
+//! ```
+//!
+//! sent as **one** simple query, so scoping costs no round trip over a plain `BEGIN`. Both settings
+//! are transaction-local (`is_local = true`): they end with the transaction, so a pooled
+//! connection (or a PgBouncer server connection) never carries a tenant into the next
+//! transaction. Never a session `SET`.
+//!
+//! ## Why a formatted statement is safe here
+//! The simple-query protocol has no parameters, so a `BEGIN; SELECT set_config(...)` built from
+//! untrusted text would be an injection. The value here is not text: it is a [`TenantId`], a
+//! parsed UUID whose `Display` is the canonical 36-character hyphenated form (`[0-9a-f-]`
+//! only). [`begin_statement`] still checks every byte before formatting and fails closed, and
+//! the server casts it back to `uuid`. [`BeginMode::Parameterized`] is the two-round-trip
+//! alternative (`BEGIN`, then `set_config($1)` as a bound parameter); the benchmark in
+//! `docs/bench-tenancy.md` measures both.
+//!
+//! ## Escape hatch
+//! Admin and migration work that must see across tenants uses [`TenantPool::unscoped`], which
+//! takes a reason and logs it at `warn` on every call. It is deliberately noisy and easy to grep.
+
+mod extract;
+mod metrics;
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arq_core::{IntoProblem, Problem, TenantId};
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, Transaction};
+
+pub use extract::{TenantTxLayer, TenantTxService};
+pub use metrics::DbMetrics;
+
+/// The default statement timeout inside tenant transactions.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a tenant transaction is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BeginMode {
+    /// `BEGIN` and both `set_config` calls in one simple query: one round trip.
+    #[default]
+    Folded,
+    /// `BEGIN`, then `set_config($1, ...)` with bound parameters: two round trips. For
+    /// deployments whose policy forbids any formatted SQL; it costs about one extra round trip.
+    Parameterized,
+}
+
+/// Errors of tenant transactions.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TxError {
+    /// The database failed (connect, begin, a statement, commit or rollback).
+    #[error("database error in a tenant transaction: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The tenant id rendered to something other than a canonical UUID (cannot happen with
+    /// arq-core's `TenantId`; checked anyway because the value is formatted into SQL).
+    #[error("refusing to scope a transaction to a tenant id that is not a canonical UUID")]
+    UnsafeTenantId,
+    /// The transaction was already committed or rolled back.
+    #[error("the tenant transaction is already finished; begin a new one")]
+    Finished,
+}
+
+impl IntoProblem for TxError {
+    fn into_problem(self) -> Problem {
+        if let Self::Database(sqlx::Error::PoolTimedOut) = &self {
+            return Problem::service_unavailable(1);
+        }
+        Problem::internal(&self)
+    }
+}
+
+impl axum::response::IntoResponse for TxError {
+    fn into_response(self) -> axum::response::Response {
+        self.into_problem().into_response()
+    }
+}
+
+/// A pool that only lends tenant-scoped transactions. Cheap to clone.
+///
+/// # Example
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool, tenant: arq_tenancy::TenantId) -> Result<(), arq_tenancy::TxError> {
+/// use arq_tenancy::TenantPool;
+///
+/// let pool = TenantPool::new(pool);
+/// let mut tx = pool.begin(tenant).await?;
+/// let n: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&mut *tx).await?;
+/// tx.commit().await?;
+/// # let _ = n; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TenantPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    mode: BeginMode,
+    timeout_ms: u128,
+    metrics: DbMetrics,
+}
+
+impl std::fmt::Debug for TenantPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantPool")
+            .field("mode", &self.inner.mode)
+            .field("statement_timeout_ms", &self.inner.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantPool {
+    /// Wraps `pool` (connected as the runtime role) with the defaults: folded begin, 5 s
+    /// statement timeout, metrics in the global registry.
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_options(
+            pool,
+            BeginMode::Folded,
+            DEFAULT_STATEMENT_TIMEOUT,
+            DbMetrics::global(),
+        )
+    }
+
+    /// Wraps `pool` with explicit settings.
+    pub fn with_options(
+        pool: PgPool,
+        mode: BeginMode,
+        statement_timeout: Duration,
+        metrics: DbMetrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                mode,
+                timeout_ms: statement_timeout.as_millis().max(1),
+                metrics,
+            }),
+        }
+    }
+
+    /// The begin mode.
+    pub fn mode(&self) -> BeginMode {
+        self.inner.mode
+    }
+
+    /// Begins a transaction scoped to `tenant`.
+    pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, TxError> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let tx = match inner.mode {
+            BeginMode::Folded => {
+                let sql = begin_statement(tenant, inner.timeout_ms)?;
+                inner.pool.begin_with(AssertSqlSafe(sql)).await?
+            }
+            BeginMode::Parameterized => {
+                let mut tx = inner.pool.begin().await?;
+                sqlx::query(
+                    "select set_config('app.tenant_id', $1, true), \
+                     set_config('statement_timeout', $2, true)",
+                )
+                .bind(tenant.to_string())
+                .bind(inner.timeout_ms.to_string())
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?;
+                tx
+            }
+        };
+        inner.metrics.observe("begin", started.elapsed());
+        Ok(TenantTx {
+            tx: Some(tx),
+            tenant,
+            started: Instant::now(),
+            metrics: inner.metrics.clone(),
+            slot: None,
+        })
+    }
+
+    /// Runs `work` in a transaction scoped to `tenant` (and with `tenant` as the task's current
+    /// tenant): commits when it returns `Ok`, rolls back when it returns `Err`. For workers and
+    /// other code outside a request.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn demo(pool: arq_tenancy::TenantPool, tenant: arq_tenancy::TenantId) -> Result<(), arq_tenancy::TxError> {
+    /// let open: i64 = pool
+    ///     .run(tenant, |tx| Box::pin(async move {
+    ///         Ok::<_, arq_tenancy::TxError>(
+    ///             sqlx::query_scalar("select count(*) from tasks").fetch_one(&mut **tx).await?,
+    ///         )
+    ///     }))
+    ///     .await?;
+    /// # let _ = open; Ok(()) }
+    /// ```
+    pub async fn run<T, E, F>(&self, tenant: TenantId, work: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(
+                &'c mut TenantTx,
+            ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>
+            + Send,
+        E: From<TxError>,
+    {
+        crate::context::scope(tenant, async move {
+            let mut tx = self.begin(tenant).await.map_err(E::from)?;
+            match work(&mut tx).await {
+                Ok(value) => {
+                    tx.commit().await.map_err(E::from)?;
+                    Ok(value)
+                }
+                Err(e) => {
+                    if let Err(rollback) = tx.rollback().await {
+                        tracing::warn!(error = %rollback, "rollback after a failed tenant transaction failed");
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
+    /// The bare pool, for deliberate cross-tenant or administrative work. Logged at `warn` with
+    /// `reason` every time: tenant tables reached through it are filtered by nothing but the
+    /// database role's own rights.
+    pub fn unscoped(&self, reason: &str) -> &PgPool {
+        tracing::warn!(
+            reason,
+            "arq-tenancy: using the bare pool outside a tenant transaction"
+        );
+        &self.inner.pool
+    }
+}
+
+/// The single simple-query statement that opens a tenant transaction (see the module docs).
+///
+/// # Example
+/// ```
+/// use arq_tenancy::{tx::begin_statement, TenantId};
+///
+/// let t: TenantId = "0196b5a4-5c8e-7d2e-9f3a-1b2c3d4e5f60".parse().unwrap();
+/// assert_eq!(
+///     begin_statement(t, 5000).unwrap(),
+///     "BEGIN; SELECT set_config('app.tenant_id', '0196b5a4-5c8e-7d2e-9f3a-1b2c3d4e5f60'::uuid::text, true), \
+///      set_config('statement_timeout', '5000', true)"
+/// );
+/// ```
+pub fn begin_statement(tenant: TenantId, timeout_ms: u128) -> Result<String, TxError> {
+    let id = tenant.to_string();
+    // Defence in depth: only the canonical UUID alphabet is ever formatted into SQL.
+    if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(TxError::UnsafeTenantId);
+    }
+    Ok(format!(
+        "BEGIN; SELECT set_config('app.tenant_id', '{id}'::uuid::text, true), \
+         set_config('statement_timeout', '{timeout_ms}', true)"
+    ))
+}
+
+/// A transaction scoped to one tenant. Dereferences to the connection, so queries run with
+/// `.fetch_all(&mut *tx)`. Dropped without [`commit`](Self::commit), it rolls back.
+pub struct TenantTx {
+    tx: Option<Transaction<'static, Postgres>>,
+    tenant: TenantId,
+    started: Instant,
+    metrics: DbMetrics,
+    /// Set when the transaction belongs to a request: on drop it goes back to the request's slot
+    /// so [`TenantTxLayer`] can commit or roll back once the response status is known.
+    slot: Option<Arc<extract::Slot>>,
+}
+
+impl std::fmt::Debug for TenantTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantTx")
+            .field("tenant", &self.tenant)
+            .field("open", &self.tx.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantTx {
+    /// The tenant this transaction is scoped to.
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// Commits. Records `db_query_duration_seconds{operation="commit"}` and the whole
+    /// transaction's duration.
+    pub async fn commit(mut self) -> Result<(), TxError> {
+        let tx = self.take()?;
+        let started = Instant::now();
+        let result = tx.commit().await;
+        self.metrics.observe("commit", started.elapsed());
+        self.metrics.observe("transaction", self.started.elapsed());
+        result.map_err(TxError::from)
+    }
+
+    /// Rolls back.
+    pub async fn rollback(mut self) -> Result<(), TxError> {
+        let tx = self.take()?;
+        let started = Instant::now();
+        let result = tx.rollback().await;
+        self.metrics.observe("rollback", started.elapsed());
+        self.metrics.observe("transaction", self.started.elapsed());
+        result.map_err(TxError::from)
+    }
+
+    fn take(&mut self) -> Result<Transaction<'static, Postgres>, TxError> {
+        if let Some(slot) = &self.slot {
+            slot.finish();
+        }
+        self.tx.take().ok_or(TxError::Finished)
+    }
+
+    fn conn(&self) -> Option<&PgConnection> {
+        self.tx.as_deref()
+    }
+}
+
+impl Deref for TenantTx {
+    type Target = PgConnection;
+
+    #[allow(
+        clippy::panic,
+        reason = "commit/rollback consume self, so tx is always Some here"
+    )]
+    fn deref(&self) -> &PgConnection {
+        match self.conn() {
+            Some(c) => c,
+            None => panic!("TenantTx used after commit or rollback"),
+        }
+    }
+}
+
+impl DerefMut for TenantTx {
+    #[allow(
+        clippy::panic,
+        reason = "commit/rollback consume self, so tx is always Some here"
+    )]
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self.tx.as_deref_mut() {
+            Some(c) => c,
+            None => panic!("TenantTx used after commit or rollback"),
+        }
+    }
+}
+
+impl Drop for TenantTx {
+    fn drop(&mut self) {
+        if let (Some(slot), Some(tx)) = (self.slot.take(), self.tx.take()) {
+            slot.park(TenantTx {
+                tx: Some(tx),
+                tenant: self.tenant,
+                started: self.started,
+                metrics: self.metrics.clone(),
+                slot: None,
+            });
+        }
+        // Otherwise sqlx's Transaction rolls back on drop.
+    }
+}
