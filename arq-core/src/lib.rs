@@ -49,6 +49,7 @@ mod identity;
 pub mod metrics;
 mod problem;
 mod request_id;
+pub mod resilience;
 pub mod server;
 pub mod telemetry;
 mod tenant;
