@@ -59,7 +59,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | (none) | the in-memory backend, the worker runtime, metrics |
-//! | `redis` | `redis_streams`: Redis Streams backend (redis 1.x) |
+//! | `redis` | [`redis_streams`]: Redis Streams backend (redis 1.x) |
 //! | `rabbitmq` | `rabbitmq`: RabbitMQ backend (lapin 4) |
 //! | `postgres` | `outbox`: the transactional outbox on PostgreSQL (sqlx) and its relay |
 //! | `full` | all of the above |
@@ -76,6 +76,10 @@ mod scope;
 mod topology;
 mod worker;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_streams;
+
 pub use arq_core::{TenantId, TraceContext};
 pub use backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
 pub use envelope::{Envelope, Failure, Message, MessageId, NativePayload, Payload};
@@ -86,3 +90,6 @@ pub use queue::{Queue, QueueInfo};
 pub use scope::MessageScope;
 pub use topology::{Binding, QueueConfig, Topology, topic_matches};
 pub use worker::{HandlerError, IdempotencyStore, Job, MemoryIdempotency, Worker, WorkerReport};
+
+#[cfg(feature = "redis")]
+pub use redis_streams::RedisBackend;

@@ -406,7 +406,15 @@ async fn consume_loop<C: Consumer>(
         }
     }
     // Stop taking deliveries: what the consumer holds but has not handed out goes back.
-    drop(consumer);
+    // In-flight handlers keep running meanwhile (they are polled by `drain` below).
+    let close = consumer.close();
+    tokio::pin!(close);
+    loop {
+        tokio::select! {
+            () = &mut close => break,
+            Some(()) = inflight.next(), if !inflight.is_empty() => report.settled += 1,
+        }
+    }
     let drain = async {
         while inflight.next().await.is_some() {
             report.settled += 1;
