@@ -60,7 +60,7 @@
 //! |---|---|
 //! | (none) | the in-memory backend, the worker runtime, metrics |
 //! | `redis` | [`redis_streams`]: Redis Streams backend (redis 1.x) |
-//! | `rabbitmq` | `rabbitmq`: RabbitMQ backend (lapin 4) |
+//! | `rabbitmq` | [`rabbitmq`]: RabbitMQ backend (lapin 4) |
 //! | `postgres` | `outbox`: the transactional outbox on PostgreSQL (sqlx) and its relay |
 //! | `full` | all of the above |
 
@@ -76,6 +76,9 @@ mod scope;
 mod topology;
 mod worker;
 
+#[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis_streams;
@@ -91,5 +94,7 @@ pub use scope::MessageScope;
 pub use topology::{Binding, QueueConfig, Topology, topic_matches};
 pub use worker::{HandlerError, IdempotencyStore, Job, MemoryIdempotency, Worker, WorkerReport};
 
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitBackend;
 #[cfg(feature = "redis")]
 pub use redis_streams::RedisBackend;
