@@ -61,7 +61,7 @@
 //! | (none) | the in-memory backend, the worker runtime, metrics |
 //! | `redis` | [`redis_streams`]: Redis Streams backend (redis 1.x) |
 //! | `rabbitmq` | [`rabbitmq`]: RabbitMQ backend (lapin 4) |
-//! | `postgres` | `outbox`: the transactional outbox on PostgreSQL (sqlx) and its relay |
+//! | `postgres` | [`outbox`]: the transactional outbox on PostgreSQL (sqlx) and its relay |
 //! | `full` | all of the above |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -76,6 +76,9 @@ mod scope;
 mod topology;
 mod worker;
 
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod outbox;
 #[cfg(feature = "rabbitmq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub mod rabbitmq;
