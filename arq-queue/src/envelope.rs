@@ -97,7 +97,8 @@ type ToJson = fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, serde_json::Error>
 /// itself (what the in-memory backend passes around without serializing).
 #[derive(Clone)]
 pub enum Payload {
-    /// JSON text.
+    /// JSON text. It must be valid JSON (what `serde_json` produces); a network backend
+    /// embeds it as is, and a consumer dead-letters an envelope it cannot parse.
     Json(Bytes),
     /// A typed value published in-process; serialized only if something needs its JSON
     /// (peeking a dead letter, handing it to a network backend).
@@ -279,15 +280,6 @@ impl Envelope {
     /// outbox; RabbitMQ maps the fields onto AMQP properties instead).
     pub fn encode(&self) -> Result<Vec<u8>, QueueError> {
         let payload = self.payload.to_json()?;
-        let payload_text = std::str::from_utf8(&payload).map_err(|e| QueueError::Encode {
-            reason: e.to_string(),
-        })?;
-        let raw =
-            serde_json::value::RawValue::from_string(payload_text.to_owned()).map_err(|e| {
-                QueueError::Encode {
-                    reason: e.to_string(),
-                }
-            })?;
         let wire = Wire {
             id: self.id,
             message_type: &self.message_type,
@@ -302,11 +294,22 @@ impl Envelope {
             headers: &self.headers,
             created_at_ms: self.created_at_ms,
             failures: &self.failures,
-            payload: &raw,
         };
-        serde_json::to_vec(&wire).map_err(|e| QueueError::Encode {
+        let mut out = Vec::with_capacity(160 + payload.len());
+        serde_json::to_writer(&mut out, &wire).map_err(|e| QueueError::Encode {
             reason: e.to_string(),
-        })
+        })?;
+        // The payload is already JSON: splice it in rather than re-parse it into a RawValue.
+        // `wire` always serializes as a non-empty object ending in `}`.
+        out.pop();
+        out.extend_from_slice(b",\"payload\":");
+        if payload.is_empty() {
+            out.extend_from_slice(b"null");
+        } else {
+            out.extend_from_slice(&payload);
+        }
+        out.push(b'}');
+        Ok(out)
     }
 
     /// Parses the JSON wire form. Bad input is an error, never a panic.
@@ -323,7 +326,7 @@ impl Envelope {
             headers: wire.headers,
             created_at_ms: wire.created_at_ms,
             failures: wire.failures,
-            payload: Payload::Json(Bytes::from(wire.payload.get().to_owned())),
+            payload: Payload::Json(Bytes::from(String::from(Box::<str>::from(wire.payload)))),
         })
     }
 
@@ -361,7 +364,6 @@ struct Wire<'a> {
     created_at_ms: u64,
     #[serde(skip_serializing_if = "<[Failure]>::is_empty")]
     failures: &'a [Failure],
-    payload: &'a serde_json::value::RawValue,
 }
 
 #[derive(Deserialize)]
