@@ -35,7 +35,7 @@
 //! topology and reopens the confirm channel; a consumer reconnects, re-declares, re-applies its
 //! prefetch and resumes. Unacknowledged deliveries of a broken channel are requeued by the
 //! broker, so a message being handled when the connection dropped is delivered again
-//! (at-least-once; deduplicate by [`MessageId`](crate::MessageId)).
+//! (at-least-once; deduplicate by [`MessageId`]).
 //!
 //! # Depth
 //! AMQP reports only a queue's ready count (passive declare). `unacked` in
