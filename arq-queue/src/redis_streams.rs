@@ -959,3 +959,72 @@ fn group_field<'a>(groups: &'a Value, field: &str) -> Option<&'a Value> {
     }
     None
 }
+
+/// An [`IdempotencyStore`](crate::IdempotencyStore) shared by every worker using the same Redis
+/// and key prefix: handled message ids are kept as `prefix:idem:<id>` keys for `ttl`.
+///
+/// # Example
+/// ```no_run
+/// use std::time::Duration;
+/// use arq_queue::redis_streams::RedisIdempotency;
+/// # async fn demo(backend: arq_queue::RedisBackend, queue: arq_queue::Queue<arq_queue::RedisBackend>) {
+/// let worker = arq_queue::Worker::new(queue)
+///     .idempotency(RedisIdempotency::new(&backend, Duration::from_secs(7 * 24 * 3600)));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisIdempotency {
+    backend: RedisBackend,
+    ttl_ms: u64,
+}
+
+impl RedisIdempotency {
+    /// A store on `backend`'s connection and key prefix, remembering ids for `ttl` (keep it
+    /// longer than a message can be redelivered: retries plus the dead-letter TTL).
+    pub fn new(backend: &RedisBackend, ttl: Duration) -> Self {
+        Self {
+            backend: backend.clone(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+        }
+    }
+
+    fn key(&self, id: crate::MessageId) -> String {
+        format!("{}:idem:{id}", self.backend.inner.prefix)
+    }
+}
+
+impl crate::IdempotencyStore for RedisIdempotency {
+    fn seen(
+        &self,
+        id: crate::MessageId,
+    ) -> futures::future::BoxFuture<'_, Result<bool, QueueError>> {
+        Box::pin(async move {
+            let n: u64 = self
+                .backend
+                .inner
+                .conn
+                .cmd(redis::cmd("EXISTS").arg(self.key(id)))
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
+    fn record(
+        &self,
+        id: crate::MessageId,
+    ) -> futures::future::BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            self.backend
+                .inner
+                .conn
+                .cmd::<()>(
+                    redis::cmd("SET")
+                        .arg(self.key(id))
+                        .arg(1)
+                        .arg("PX")
+                        .arg(self.ttl_ms),
+                )
+                .await
+        })
+    }
+}

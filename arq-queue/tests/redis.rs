@@ -266,3 +266,26 @@ async fn declare_is_idempotent_and_keeps_messages() {
     assert_eq!(q2.list().await.unwrap()[0].stats.ready, 1);
     f.cleanup_now(&t).await;
 }
+
+/// The Redis idempotency store is shared between backends (workers) on the same prefix, and
+/// its keys expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_idempotency_is_shared_and_expires() {
+    use arq_queue::IdempotencyStore;
+    use arq_queue::redis_streams::RedisIdempotency;
+    let f = fixture().await;
+    let a = RedisIdempotency::new(&suite::Fixture::backend(&f).await, Duration::from_secs(60));
+    let b = RedisIdempotency::new(&suite::Fixture::backend(&f).await, Duration::from_secs(60));
+    let id = MessageId::generate();
+    assert!(!a.seen(id).await.unwrap());
+    a.record(id).await.unwrap();
+    assert!(b.seen(id).await.unwrap());
+    let mut c = admin(&f.url).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}:idem:{id}", f.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+    f.cleanup_now(&Topology::new(["x"])).await;
+}
