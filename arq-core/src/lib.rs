@@ -48,6 +48,7 @@ pub mod health;
 mod identity;
 pub mod metrics;
 mod problem;
+pub mod rate_limit;
 mod request_id;
 pub mod server;
 pub mod telemetry;
