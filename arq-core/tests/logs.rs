@@ -115,9 +115,16 @@ async fn json_logs_carry_ids_and_never_bodies_or_credentials() {
     assert_eq!(done["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(done["span"]["span_id"].as_str().unwrap().len(), 16);
     assert_eq!(done["span"]["method"], "POST");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["message"] == "handler panicked" && l["level"] == "ERROR")
-    );
+    assert_eq!(done["request_id"], "log-rid");
+    assert_eq!(done["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(done["span"]["route"], "/echo");
+    assert_eq!(done["span"]["status"], 200);
+    assert!(done["span"]["latency_ms"].is_number());
+    let panicked = lines
+        .iter()
+        .find(|l| l["message"] == "handler panicked" && l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no panic line in {logs}"));
+    // Ids come from the task, so they are on every line of the request.
+    assert_eq!(panicked["request_id"].as_str().unwrap().len(), 33);
+    assert_eq!(panicked["trace_id"].as_str().unwrap().len(), 32);
 }

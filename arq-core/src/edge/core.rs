@@ -17,8 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::MatchedPath;
@@ -145,7 +144,9 @@ where
             None => TraceContext::new_root(sample(settings.sampling_ratio)),
         };
         let method = parts.method.clone();
-        let span = tracing::info_span!(
+        // At debug, like tower-http's TraceLayer: at info the ids reach log lines through the
+        // task-locals (see telemetry/json.rs), which costs nothing per request.
+        let span = tracing::debug_span!(
             "http_request",
             method = %method,
             route = tracing::field::Empty,
@@ -157,15 +158,16 @@ where
             tenant = tracing::field::Empty,
         );
         parts.extensions.insert(id.clone());
+        let context = crate::telemetry::RequestContext::new(trace.clone());
         parts.extensions.insert(trace);
         let req = Request::from_parts(parts, Body::new(body));
 
         settings.metrics.in_flight.inc();
         let in_flight = InFlight(Arc::clone(&settings));
 
-        let mut inner = self.inner.clone();
-        // Swap so the clone that was driven ready is the one called (tower's readiness contract).
-        std::mem::swap(&mut self.inner, &mut inner);
+        // The returned future owns what it needs, so the instance driven ready is called
+        // directly: no clone of the inner stack per request.
+        let inner = &mut self.inner;
         let call = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
         let scoped_id = id.clone();
         let fut = async move {
@@ -236,7 +238,7 @@ where
             }
             Ok(response)
         };
-        Box::pin(id.scope(fut.instrument(span)))
+        Box::pin(id.scope(context.scope(fut.instrument(span))))
     }
 }
 

@@ -92,7 +92,7 @@ pub enum EdgeError {
 #[derive(Clone)]
 pub struct EdgeStack {
     core: Arc<core::CoreSettings>,
-    cors: CorsLayer,
+    cors: Arc<CorsLayer>,
     compression: CompressionLayer<CompressPredicate>,
     body_limit: u64,
     per_ip_limit: Option<Slot>,
@@ -147,7 +147,7 @@ impl EdgeStack {
                 sampling_ratio: config.telemetry.sampling_ratio,
                 metrics,
             }),
-            cors: cors::layer(&config.cors),
+            cors: Arc::new(cors::layer(&config.cors)),
             compression: CompressionLayer::new()
                 .gzip(true)
                 .br(true)
@@ -249,7 +249,8 @@ impl EdgeStack {
             Innermost::Slotted { svc }
         };
         let cors = CorsGate {
-            cors: self.cors.layer(self.compression.layer(innermost)),
+            layer: Arc::clone(&self.cors),
+            inner: self.compression.layer(innermost),
         };
         EdgeService {
             inner: core::Core::new(cors, Arc::clone(&self.core)),
@@ -320,10 +321,12 @@ impl Service<Request<Body>> for Innermost {
 
 /// Runs tower-http's CORS only for requests with an `Origin` header. Requests without one
 /// (same-origin, service-to-service, health probes) are not CORS requests: they only need
-/// `Vary` for caches, which is a static header here instead of one built per request.
+/// `Vary` for caches, which is a static header here instead of one built per request. The
+/// layer is shared, not cloned per request (a `Cors` clone copies its header lists).
 #[derive(Clone)]
 struct CorsGate<S> {
-    cors: Cors<S>,
+    layer: Arc<CorsLayer>,
+    inner: S,
 }
 
 const VARY_CORS: HeaderValue = HeaderValue::from_static(
@@ -332,7 +335,7 @@ const VARY_CORS: HeaderValue = HeaderValue::from_static(
 
 impl<S, ResB> Service<Request<Body>> for CorsGate<S>
 where
-    S: Service<Request<Body>, Response = http::Response<ResB>>,
+    S: Service<Request<Body>, Response = http::Response<ResB>> + Clone,
     ResB: Default,
 {
     type Response = http::Response<ResB>;
@@ -340,17 +343,21 @@ where
     type Future = CorsGateFuture<tower_http::cors::ResponseFuture<S::Future>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.cors.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if req.headers().contains_key(header::ORIGIN) {
+            // Hand the instance that was driven ready to the CORS service.
+            let fresh = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, fresh);
+            let mut cors: Cors<S> = self.layer.layer(ready);
             CorsGateFuture::Cors {
-                fut: self.cors.call(req),
+                fut: cors.call(req),
             }
         } else {
             CorsGateFuture::Plain {
-                fut: self.cors.get_mut().call(req),
+                fut: self.inner.call(req),
             }
         }
     }

@@ -69,16 +69,64 @@ pub struct Decision {
     pub allowed: bool,
     /// How long to wait before a retry can succeed (zero when admitted).
     pub retry_after: Duration,
-    /// Per quota, in the limiter's order: (limit, remaining after this decision, time until fully
-    /// replenished).
-    pub quotas: Vec<QuotaState>,
+    /// Per quota, in the limiter's order: limit, remaining after this decision, time until
+    /// fully replenished. Stored inline (at most 4), so a decision never allocates.
+    pub quotas: QuotaStates,
     /// True when the decision was not made by the configured back end (Redis down) but by the
     /// failure policy.
     pub degraded: bool,
 }
 
+/// Up to four [`QuotaState`]s, inline; dereferences to a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaStates {
+    len: u8,
+    items: [QuotaState; 4],
+}
+
+impl QuotaStates {
+    /// No states (a decision made without quotas, like fail-open).
+    pub const fn new() -> Self {
+        Self {
+            len: 0,
+            items: [QuotaState {
+                limit: 0,
+                period: Duration::ZERO,
+                remaining: 0,
+                reset: Duration::ZERO,
+            }; 4],
+        }
+    }
+
+    /// Appends a state; beyond four they are dropped.
+    pub fn push(&mut self, state: QuotaState) {
+        if let Some(slot) = self.items.get_mut(usize::from(self.len)) {
+            *slot = state;
+            self.len += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for QuotaStates {
+    type Target = [QuotaState];
+
+    fn deref(&self) -> &[QuotaState] {
+        &self.items[..usize::from(self.len)]
+    }
+}
+
+impl FromIterator<QuotaState> for QuotaStates {
+    fn from_iter<I: IntoIterator<Item = QuotaState>>(iter: I) -> Self {
+        let mut s = Self::new();
+        for q in iter {
+            s.push(q);
+        }
+        s
+    }
+}
+
 /// One quota's state after a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QuotaState {
     /// The quota's limit.
     pub limit: u32,
@@ -113,7 +161,7 @@ pub(crate) fn decide(tats: &mut [u64], now: u64, quotas: &[Quota]) -> Decision {
             retry_ns = retry_ns.max(tat - tolerance - now);
         }
     }
-    let mut states = Vec::with_capacity(quotas.len());
+    let mut states = QuotaStates::new();
     for (tat, q) in tats.iter_mut().zip(quotas) {
         let base = (*tat).max(now);
         let new_tat = if allowed {

@@ -32,7 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub use gcra::{Decision, Quota, QuotaState};
+pub use gcra::{Decision, Quota, QuotaState, QuotaStates};
 pub use local::LocalLimiter;
 pub use redis::{RedisLimiter, RedisLimiterError};
 

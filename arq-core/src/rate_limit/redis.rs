@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::gcra::{Decision, Quota, QuotaState};
+use super::gcra::{Decision, Quota, QuotaState, QuotaStates};
 use super::local::LocalLimiter;
 use crate::config::RedisFailurePolicy;
 
@@ -235,13 +235,13 @@ impl RedisLimiter {
             RedisFailurePolicy::Open => Decision {
                 allowed: true,
                 retry_after: Duration::ZERO,
-                quotas: Vec::new(),
+                quotas: QuotaStates::new(),
                 degraded: true,
             },
             RedisFailurePolicy::Closed => Decision {
                 allowed: false,
                 retry_after: RETRY_REDIS_AFTER,
-                quotas: Vec::new(),
+                quotas: QuotaStates::new(),
                 degraded: true,
             },
         };
