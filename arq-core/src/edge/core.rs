@@ -157,21 +157,22 @@ where
             span_id = %crate::telemetry::Hex(&trace.parent.parent_id()),
             tenant = tracing::field::Empty,
         );
+        let span_enabled = !span.is_disabled();
         parts.extensions.insert(id.clone());
-        let context = crate::telemetry::RequestContext::new(trace.clone());
-        parts.extensions.insert(trace);
+        let context = crate::telemetry::RequestContext::new(trace);
         let req = Request::from_parts(parts, Body::new(body));
 
         settings.metrics.in_flight.inc();
         let in_flight = InFlight(Arc::clone(&settings));
 
-        // The returned future owns what it needs, so the instance driven ready is called
-        // directly: no clone of the inner stack per request.
-        let inner = &mut self.inner;
-        let call = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
+        // Hand the instance that was driven ready to the future (tower's readiness contract);
+        // it is called inside the request's task-local scope so routing can record the route.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
         let scoped_id = id.clone();
         let fut = async move {
             let _in_flight = in_flight;
+            let call = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
             let outcome = match call {
                 Ok(fut) => {
                     let timed = tokio::time::timeout(settings.request_timeout, fut);
@@ -218,17 +219,21 @@ where
                 }
             };
             let status = response.status();
-            let route = response.extensions().get::<MatchedPath>();
-            let route_str = route.map_or(crate::telemetry::UNMATCHED_ROUTE, MatchedPath::as_str);
+            let route = crate::telemetry::current_route();
+            let route_str = route
+                .as_ref()
+                .map_or(crate::telemetry::UNMATCHED_ROUTE, MatchedPath::as_str);
             let elapsed = start.elapsed();
             settings
                 .metrics
                 .observe(&method, route_str, status, elapsed);
-            let span = tracing::Span::current();
-            span.record("route", route_str);
-            span.record("status", status.as_u16());
-            span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
-            tracing::debug!("request completed");
+            if span_enabled {
+                let span = tracing::Span::current();
+                span.record("route", route_str);
+                span.record("status", status.as_u16());
+                span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+                tracing::debug!("request completed");
+            }
             let headers = response.headers_mut();
             headers.insert(REQUEST_ID_HEADER, scoped_id.header_value().clone());
             for (name, value) in headers.iter_mut() {
@@ -238,7 +243,11 @@ where
             }
             Ok(response)
         };
-        Box::pin(id.scope(context.scope(fut.instrument(span))))
+        // The request's future is boxed before the task-local wrappers go around it: an
+        // `async fn` wrapper moves its argument on first poll, and moving a few KB of nested
+        // futures per request cost more than this second allocation.
+        let fut = Box::pin(fut.instrument(span));
+        Box::pin(id.scope(context.scope(fut)))
     }
 }
 

@@ -250,7 +250,10 @@ impl EdgeStack {
         };
         let cors = CorsGate {
             layer: Arc::clone(&self.cors),
-            inner: self.compression.layer(innermost),
+            inner: CompressionGate {
+                layer: self.compression.clone(),
+                inner: innermost,
+            },
         };
         EdgeService {
             inner: core::Core::new(cors, Arc::clone(&self.core)),
@@ -262,7 +265,7 @@ impl EdgeStack {
 /// `Response<axum::body::Body>`, never failing (every error is a response).
 #[derive(Clone)]
 pub struct EdgeService {
-    inner: core::Core<CorsGate<Compression<Innermost, CompressPredicate>>>,
+    inner: core::Core<CorsGate<CompressionGate<Innermost>>>,
 }
 
 impl std::fmt::Debug for EdgeService {
@@ -386,6 +389,72 @@ where
                 response.headers_mut().append(header::VARY, VARY_CORS);
                 Poll::Ready(Ok(response))
             }
+        }
+    }
+}
+
+/// Runs tower-http's compression only for requests that accept gzip, br or zstd, and boxes
+/// the compressed body at once. Why: `CompressionBody` holds every encoder's state inline (about
+/// 6 KB), and each move of a response carrying it is a copy of that size; for requests that
+/// cannot be compressed there is nothing to gain from it.
+#[derive(Clone)]
+struct CompressionGate<S> {
+    layer: CompressionLayer<CompressPredicate>,
+    inner: S,
+}
+
+fn accepts_compression(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let zero_q = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+            });
+            !zero_q
+                && ["gzip", "br", "zstd", "*"]
+                    .iter()
+                    .any(|c| name.eq_ignore_ascii_case(c))
+        })
+}
+
+impl<S> Service<Request<Body>> for CompressionGate<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        futures_util::future::MapOk<
+            tower_http::compression::ResponseFuture<S::Future, CompressPredicate>,
+            fn(http::Response<tower_http::compression::CompressionBody<Body>>) -> Response,
+        >,
+        S::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        use futures_util::TryFutureExt;
+        if accepts_compression(req.headers()) {
+            let boxed: fn(
+                http::Response<tower_http::compression::CompressionBody<Body>>,
+            ) -> Response = |r| r.map(Body::new);
+            // Hand the instance that was driven ready to the compression service.
+            let fresh = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, fresh);
+            let mut compression: Compression<S, CompressPredicate> = self.layer.layer(ready);
+            futures_util::future::Either::Left(compression.call(req).map_ok(boxed))
+        } else {
+            futures_util::future::Either::Right(self.inner.call(req))
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::sync::OnceLock;
 
+use axum::extract::MatchedPath;
+
 use crate::{TenantId, TraceContext};
 
 tokio::task_local! {
@@ -15,6 +17,7 @@ tokio::task_local! {
 pub struct RequestContext {
     trace: TraceContext,
     tenant: OnceLock<TenantId>,
+    route: OnceLock<MatchedPath>,
 }
 
 impl RequestContext {
@@ -22,12 +25,13 @@ impl RequestContext {
         Self {
             trace,
             tenant: OnceLock::new(),
+            route: OnceLock::new(),
         }
     }
 
     /// Runs `fut` with `self` as the current request context.
-    pub(crate) async fn scope<F: Future>(self, fut: F) -> F::Output {
-        CURRENT.scope(self, fut).await
+    pub(crate) fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Self, F> {
+        CURRENT.scope(self, fut)
     }
 }
 
@@ -44,4 +48,14 @@ pub fn current_tenant() -> Option<TenantId> {
 
 pub(crate) fn set_tenant(tenant: TenantId) {
     let _ = CURRENT.try_with(|c| c.tenant.set(tenant));
+}
+
+/// Records the matched route template of the current request (set after routing).
+pub(crate) fn set_route(route: &MatchedPath) {
+    let _ = CURRENT.try_with(|c| c.route.set(route.clone()));
+}
+
+/// The matched route template of the current request, if routing matched one.
+pub(crate) fn current_route() -> Option<MatchedPath> {
+    CURRENT.try_with(|c| c.route.get().cloned()).ok().flatten()
 }

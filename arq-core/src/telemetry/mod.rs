@@ -28,6 +28,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub use context::{RequestContext, current_tenant, current_trace};
+pub(crate) use context::{current_route, set_route};
 pub use http_metrics::{HttpMetrics, UNMATCHED_ROUTE};
 
 use crate::config::{LogFormat, TelemetryConfig};
