@@ -32,8 +32,8 @@ fn local(c: &mut Criterion) {
     // Admitted path: quotas too large to run out during the benchmark.
     let big = LocalLimiter::new(
         vec![
-            Quota::per_minute(u32::MAX / 4).unwrap(),
-            Quota::per_hour(u32::MAX / 2).unwrap(),
+            Quota::per_minute(50_000_000).unwrap(),
+            Quota::per_hour(2_000_000_000).unwrap(),
         ],
         100_000,
     );
