@@ -42,6 +42,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod client;
 pub mod config;
 pub mod edge;
 pub mod health;
