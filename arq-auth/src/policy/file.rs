@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::cel::{Checker, Location, ParseOptions, Type, parse};
 
-use super::compile::{CACHE_SLOTS, Compiler, Slot};
+use super::compile::{Compiler, Slot};
 use super::schema::{AttrType, Schema};
 use super::source::Entity;
 use super::{ActionRules, DEFAULT_MAX_COST, DEFAULT_RUNTIME_BUDGET, Effect, PolicySet, Rule, cost};
@@ -171,13 +171,10 @@ pub(crate) fn load(source: &str, text: &str) -> Result<PolicySet, PolicyError> {
             schema.declare(entity, name, ty);
         }
     }
-    // Slots: every declared attribute, the first CACHE_SLOTS of them cached per decision.
+    // Slots: every declared attribute, by entity and position.
     let mut slots: HashMap<(Entity, String), Slot> = HashMap::new();
-    let mut next_cache = 0usize;
     for entity in [Entity::Principal, Entity::Resource, Entity::Request] {
         for (i, (name, ty)) in schema.attributes(entity).iter().enumerate() {
-            let cache = (next_cache < CACHE_SLOTS).then(|| u8::try_from(next_cache).unwrap_or(0));
-            next_cache += 1;
             slots.insert(
                 (entity, name.clone()),
                 Slot {
@@ -185,7 +182,6 @@ pub(crate) fn load(source: &str, text: &str) -> Result<PolicySet, PolicyError> {
                     index: u16::try_from(i).unwrap_or(u16::MAX),
                     name: Arc::from(name.as_str()),
                     ty: ty.clone(),
-                    cache,
                 },
             );
         }

@@ -313,7 +313,7 @@ impl PolicySet {
         request: &dyn AttributeSource,
     ) -> Decision {
         let mut d = Decision {
-            id: uuid::Uuid::now_v7(),
+            id: next_decision_id(),
             allowed: false,
             reason: Reason::NoAllowRuleMatched,
             rules: [0; MAX_DECIDING],
@@ -418,6 +418,16 @@ impl PolicySet {
         }
         out
     }
+}
+
+/// Decision ids: a random per-process prefix and a counter. Unique, cheap (one atomic add; a
+/// UUIDv7 per decision cost a `getrandom` system call), and still formatted as a UUID.
+fn next_decision_id() -> uuid::Uuid {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    uuid::Uuid::from_u64_pair(prefix, n)
 }
 
 /// `*` matches every action; `write:*` matches every action starting with `write:`.
