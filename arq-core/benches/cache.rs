@@ -127,6 +127,23 @@ fn benches(c: &mut Criterion) {
             })
         });
     });
+    let num_key = CacheKey::tenant(TenantId::generate(), &ns, "n");
+    rt.block_on(local.set(&num_key, TtlClass::Data, 7_u64));
+    g.bench_function("two_tier_get_or_load_u64_value", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let v: Option<u64> = local
+                        .get_or_load(&num_key, TtlClass::Data, || async { Ok::<_, Never>(None) })
+                        .await
+                        .unwrap();
+                    black_box(v);
+                }
+                start.elapsed()
+            })
+        });
+    });
     g.bench_function("moka_get_baseline", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
