@@ -38,10 +38,14 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
+//! | `cache` | [`cache`]: a two-tier (moka + Redis) tenant-scoped cache |
 //! | `testing` | [`testing`]: helpers for tests that need PostgreSQL, Redis or RabbitMQ |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod edge;
