@@ -11,7 +11,15 @@
 //! - **RBAC** ([`Rbac`], [`RequirePermission`], [`RequirePermissionLayer`]): roles →
 //!   permissions from configuration, admin ⊃ manager ⊃ member ⊃ viewer, MFA for `admin:*`;
 //! - **the issuer side** ([`SigningKeyRing`]): signing with `kid`s, `/.well-known/jwks.json`,
-//!   rotation without downtime.
+//!   rotation without downtime;
+//! - **refresh tokens** ([`RefreshTokenStore`]) and **API keys** ([`ApiKeyStore`]) in PostgreSQL,
+//!   with the migrations shipped in the crate ([`migrate`]);
+//! - **MFA** ([`mfa`]): TOTP enrollment and verification, email/SMS codes, recovery codes;
+//! - **the token issuer** ([`issuer`]): password login, MFA challenge, refresh, logout and
+//!   client credentials with RFC 6749 responses;
+//! - **ABAC** ([`policy`], on arq's own CEL engine in [`cel`]): YAML policy files with a schema,
+//!   type-checked at load, compiled to typed closures, bounded in cost, audited, hot-reloadable,
+//!   with an axum guard; see `docs/cel.md`.
 //!
 //! # Example
 //!
@@ -36,17 +44,23 @@
 //! | `aws-lc-rs` (default) | signatures through aws-lc-rs |
 //! | `rust-crypto` | signatures through the RustCrypto crates instead |
 
+mod api_keys;
 mod claims;
 mod crypto;
 mod error;
 mod guard;
+pub mod issuer;
 mod jwks;
 mod layer;
+pub mod mfa;
 mod principal;
 mod rbac;
+mod refresh;
 mod signing;
+mod store;
 mod verify;
 
+pub use api_keys::{API_KEY_PREFIX, ApiKeyStore, CreatedApiKey, NewApiKey};
 pub use arq_core::{CallerIdentity, Identity};
 pub use claims::AccessClaims;
 pub use error::{AuthError, Forbidden};
@@ -59,5 +73,14 @@ pub use jwks::{JwksSource, JwksUrl, KeyRing, OidcDiscovery, StaticJwks};
 pub use layer::{API_KEY_HEADER, ApiKeyValidator, AuthLayer, AuthService};
 pub use principal::{CredentialKind, Principal};
 pub use rbac::{Rbac, RbacConfig, RbacError, RoleConfig};
+pub use refresh::{
+    IssuedRefreshToken, REFRESH_TOKEN_TTL, RefreshError, RefreshGrant, RefreshTokenStore,
+};
 pub use signing::{SigningError, SigningKey, SigningKeyRing};
+pub use store::{MIGRATIONS_TABLE, migrate};
 pub use verify::{ConfigError, MAX_LEEWAY_SECS, Verifier, VerifierConfig};
+
+pub mod cel;
+pub mod policy;
+
+pub use policy::{AttributeSource, Decision, PolicySet, PolicyStore};

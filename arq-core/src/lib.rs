@@ -42,13 +42,16 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod client;
 pub mod config;
 pub mod edge;
 pub mod health;
 mod identity;
 pub mod metrics;
 mod problem;
+pub mod rate_limit;
 mod request_id;
+pub mod resilience;
 pub mod server;
 pub mod telemetry;
 mod tenant;

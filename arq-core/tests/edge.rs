@@ -83,7 +83,7 @@ fn app() -> Router {
                     .headers()
                     .get(header::AUTHORIZATION)
                     .is_some_and(http::HeaderValue::is_sensitive);
-                let ctx = req.extensions().get::<TraceContext>().cloned();
+                let ctx: Option<TraceContext> = arq_core::telemetry::current_trace();
                 let id = RequestId::current()
                     .map(|i| i.to_string())
                     .unwrap_or_default();

@@ -30,6 +30,15 @@ fn service() -> EdgeService {
     let app = Router::new()
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
+            "/tenant",
+            get(|| async {
+                let t: arq_core::TenantId = "0196b5a4-5c8e-7d2e-9f3a-1b2c3d4e5f60".parse().unwrap();
+                arq_core::telemetry::record_tenant(&t);
+                tracing::info!("tenant work");
+                "ok"
+            }),
+        )
+        .route(
             "/panic",
             get(|| async {
                 if true {
@@ -91,6 +100,7 @@ async fn json_logs_carry_ids_and_never_bodies_or_credentials() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "request-body-secret");
     let _ = call(&svc, Request::get("/panic").body(Body::empty()).unwrap()).await;
+    let _ = call(&svc, Request::get("/tenant").body(Body::empty()).unwrap()).await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     for secret in [
@@ -115,9 +125,26 @@ async fn json_logs_carry_ids_and_never_bodies_or_credentials() {
     assert_eq!(done["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(done["span"]["span_id"].as_str().unwrap().len(), 16);
     assert_eq!(done["span"]["method"], "POST");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["message"] == "handler panicked" && l["level"] == "ERROR")
+    assert_eq!(done["request_id"], "log-rid");
+    assert_eq!(done["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(done["span"]["route"], "/echo");
+    assert_eq!(done["span"]["status"], 200);
+    assert!(done["span"]["latency_ms"].is_number());
+    let panicked = lines
+        .iter()
+        .find(|l| l["message"] == "handler panicked" && l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no panic line in {logs}"));
+    // Ids come from the task, so they are on every line of the request.
+    assert_eq!(panicked["request_id"].as_str().unwrap().len(), 33);
+    assert_eq!(panicked["trace_id"].as_str().unwrap().len(), 32);
+    // Tenant, once known, is on the request's later lines.
+    let tenant_line = lines
+        .iter()
+        .find(|l| l["message"] == "tenant work")
+        .unwrap_or_else(|| panic!("no tenant line in {logs}"));
+    assert_eq!(
+        tenant_line["tenant"],
+        "0196b5a4-5c8e-7d2e-9f3a-1b2c3d4e5f60"
     );
+    assert_eq!(tenant_line["level"], "INFO");
 }

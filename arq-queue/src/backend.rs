@@ -103,6 +103,16 @@ pub trait Consumer: Send + 'static {
     /// The next delivery; `None` once the consumer is closed. Errors are transient (the
     /// consumer reconnects); the worker logs them and calls again.
     fn next(&mut self) -> impl Future<Output = Option<Result<Self::Delivery, QueueError>>> + Send;
+
+    /// Stops consuming: deliveries taken from the broker but not handed out go back to the
+    /// queue, and nothing more is read once this returns. Deliveries already handed out stay
+    /// valid and are settled as usual. Dropping a consumer does the same on a best-effort basis.
+    fn close(self) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        async move { drop(self) }
+    }
 }
 
 /// One delivered message and the means to settle it. Dropping a delivery without settling it

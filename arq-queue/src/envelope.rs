@@ -46,9 +46,14 @@ pub trait Message: Serialize + DeserializeOwned + Clone + Send + Sync + 'static 
 pub struct MessageId(Uuid);
 
 impl MessageId {
-    /// A fresh, time-ordered id.
+    /// A fresh, time-ordered id: a UUID v7 (millisecond timestamp, 74 random bits).
+    ///
+    /// The random bits come from the thread-local CSPRNG rather than the OS for every id
+    /// (`Uuid::now_v7` asks `getrandom`, a system call that dominated the in-memory hot path).
     pub fn generate() -> Self {
-        Self(Uuid::now_v7())
+        let mut random = [0u8; 10];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
+        Self(uuid::Builder::from_unix_timestamp_millis(now_ms(), &random).into_uuid())
     }
 
     /// Wraps an existing UUID.
@@ -97,7 +102,8 @@ type ToJson = fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, serde_json::Error>
 /// itself (what the in-memory backend passes around without serializing).
 #[derive(Clone)]
 pub enum Payload {
-    /// JSON text.
+    /// JSON text. It must be valid JSON (what `serde_json` produces); a network backend
+    /// embeds it as is, and a consumer dead-letters an envelope it cannot parse.
     Json(Bytes),
     /// A typed value published in-process; serialized only if something needs its JSON
     /// (peeking a dead letter, handing it to a network backend).
@@ -279,15 +285,6 @@ impl Envelope {
     /// outbox; RabbitMQ maps the fields onto AMQP properties instead).
     pub fn encode(&self) -> Result<Vec<u8>, QueueError> {
         let payload = self.payload.to_json()?;
-        let payload_text = std::str::from_utf8(&payload).map_err(|e| QueueError::Encode {
-            reason: e.to_string(),
-        })?;
-        let raw =
-            serde_json::value::RawValue::from_string(payload_text.to_owned()).map_err(|e| {
-                QueueError::Encode {
-                    reason: e.to_string(),
-                }
-            })?;
         let wire = Wire {
             id: self.id,
             message_type: &self.message_type,
@@ -302,11 +299,22 @@ impl Envelope {
             headers: &self.headers,
             created_at_ms: self.created_at_ms,
             failures: &self.failures,
-            payload: &raw,
         };
-        serde_json::to_vec(&wire).map_err(|e| QueueError::Encode {
+        let mut out = Vec::with_capacity(160 + payload.len());
+        serde_json::to_writer(&mut out, &wire).map_err(|e| QueueError::Encode {
             reason: e.to_string(),
-        })
+        })?;
+        // The payload is already JSON: splice it in rather than re-parse it into a RawValue.
+        // `wire` always serializes as a non-empty object ending in `}`.
+        out.pop();
+        out.extend_from_slice(b",\"payload\":");
+        if payload.is_empty() {
+            out.extend_from_slice(b"null");
+        } else {
+            out.extend_from_slice(&payload);
+        }
+        out.push(b'}');
+        Ok(out)
     }
 
     /// Parses the JSON wire form. Bad input is an error, never a panic.
@@ -323,7 +331,7 @@ impl Envelope {
             headers: wire.headers,
             created_at_ms: wire.created_at_ms,
             failures: wire.failures,
-            payload: Payload::Json(Bytes::from(wire.payload.get().to_owned())),
+            payload: Payload::Json(Bytes::from(String::from(Box::<str>::from(wire.payload)))),
         })
     }
 
@@ -361,7 +369,6 @@ struct Wire<'a> {
     created_at_ms: u64,
     #[serde(skip_serializing_if = "<[Failure]>::is_empty")]
     failures: &'a [Failure],
-    payload: &'a serde_json::value::RawValue,
 }
 
 #[derive(Deserialize)]
@@ -435,6 +442,18 @@ mod tests {
         assert_eq!(back.failures, env.failures);
         assert_eq!(back.last_error(), Some("boom"));
         assert_eq!(back.payload.decode::<Ping>().unwrap(), Ping { n: 7 });
+    }
+
+    #[test]
+    fn message_ids_are_v7_distinct_and_time_ordered() {
+        let a = MessageId::generate();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = MessageId::generate();
+        assert_eq!(a.as_uuid().get_version_num(), 7);
+        assert!(a < b);
+        let many: std::collections::HashSet<_> =
+            (0..10_000).map(|_| MessageId::generate()).collect();
+        assert_eq!(many.len(), 10_000);
     }
 
     #[test]

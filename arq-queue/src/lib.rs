@@ -59,9 +59,9 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | (none) | the in-memory backend, the worker runtime, metrics |
-//! | `redis` | `redis_streams`: Redis Streams backend (redis 1.x) |
-//! | `rabbitmq` | `rabbitmq`: RabbitMQ backend (lapin 4) |
-//! | `postgres` | `outbox`: the transactional outbox on PostgreSQL (sqlx) and its relay |
+//! | `redis` | [`redis_streams`]: Redis Streams backend (redis 1.x) |
+//! | `rabbitmq` | [`rabbitmq`]: RabbitMQ backend (lapin 4) |
+//! | `postgres` | [`outbox`]: the transactional outbox on PostgreSQL (sqlx) and its relay |
 //! | `full` | all of the above |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -76,6 +76,16 @@ mod scope;
 mod topology;
 mod worker;
 
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod outbox;
+#[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_streams;
+
 pub use arq_core::{TenantId, TraceContext};
 pub use backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
 pub use envelope::{Envelope, Failure, Message, MessageId, NativePayload, Payload};
@@ -86,3 +96,8 @@ pub use queue::{Queue, QueueInfo};
 pub use scope::MessageScope;
 pub use topology::{Binding, QueueConfig, Topology, topic_matches};
 pub use worker::{HandlerError, IdempotencyStore, Job, MemoryIdempotency, Worker, WorkerReport};
+
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitBackend;
+#[cfg(feature = "redis")]
+pub use redis_streams::RedisBackend;

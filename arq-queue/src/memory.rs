@@ -199,9 +199,17 @@ impl Backend for MemoryBackend {
             let targets = self.targets(&o.exchange, &o.routing_key)?;
             routed.push((targets, o.envelope));
         }
-        for (targets, env) in routed {
+        // Consecutive messages for the same single queue go in under one lock and one wake-up.
+        let mut routed = routed.into_iter().peekable();
+        while let Some((targets, env)) = routed.next() {
             if let [only] = &*targets {
-                only.push_back(env);
+                let mut ready = lock(&only.ready);
+                ready.push_back(env);
+                while let Some((_, env)) = routed.next_if(|(next, _)| Arc::ptr_eq(next, &targets)) {
+                    ready.push_back(env);
+                }
+                drop(ready);
+                only.notify.notify_one();
             } else {
                 for t in targets.iter() {
                     t.push_back(env.clone());

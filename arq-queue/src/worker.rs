@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arq_core::{TenantId, TraceContext};
@@ -383,10 +385,14 @@ async fn consume_loop<C: Consumer>(
     let mut inflight = FuturesUnordered::new();
     let mut report = WorkerReport::default();
     let mut backoff = Duration::from_millis(50);
+    // Created once: a fresh `cancelled()` future per iteration would register a waiter (a lock)
+    // for every message.
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            () = token.cancelled() => break,
+            () = &mut cancelled => break,
             Some(()) = inflight.next(), if !inflight.is_empty() => report.settled += 1,
             next = consumer.next(), if inflight.len() < concurrency => match next {
                 None => break,
@@ -397,7 +403,7 @@ async fn consume_loop<C: Consumer>(
                 Some(Err(e)) => {
                     tracing::warn!(queue = %ctx.config.name, error = %e, "consuming failed; retrying");
                     tokio::select! {
-                        () = token.cancelled() => break,
+                        () = &mut cancelled => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -406,7 +412,15 @@ async fn consume_loop<C: Consumer>(
         }
     }
     // Stop taking deliveries: what the consumer holds but has not handed out goes back.
-    drop(consumer);
+    // In-flight handlers keep running meanwhile (they are polled by `drain` below).
+    let close = consumer.close();
+    tokio::pin!(close);
+    loop {
+        tokio::select! {
+            () = &mut close => break,
+            Some(()) = inflight.next(), if !inflight.is_empty() => report.settled += 1,
+        }
+    }
     let drain = async {
         while inflight.next().await.is_some() {
             report.settled += 1;
@@ -470,10 +484,11 @@ async fn process<D: Delivery>(delivery: D, ctx: Arc<LoopCtx>) {
     }
     let fut = (ctx.handler)(env, trace);
     let started = tokio::time::Instant::now();
-    let outcome = tokio::time::timeout(
-        ctx.config.handler_timeout,
-        AssertUnwindSafe(scope.run(fut)).catch_unwind(),
-    )
+    let outcome = LazyTimeout {
+        fut: AssertUnwindSafe(scope.run(fut)).catch_unwind(),
+        sleep: None,
+        limit: ctx.config.handler_timeout,
+    }
     .instrument(span)
     .await;
     m.processing.observe(started.elapsed().as_secs_f64());
@@ -535,6 +550,38 @@ async fn settle_ack<D: Delivery>(delivery: D, ctx: &LoopCtx) {
         }
         Err(e) => {
             tracing::warn!(error = %e, "acknowledging failed; the message will be redelivered");
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A timeout that arms its timer only if the future does not finish on its first poll:
+    /// handlers that complete synchronously (common, and every in-memory benchmark) cost no
+    /// timer registration. The limit counts from the first poll that returned pending, which
+    /// differs from the start by that poll's own run time only.
+    struct LazyTimeout<F> {
+        #[pin]
+        fut: F,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        limit: Duration,
+    }
+}
+
+impl<F: Future> Future for LazyTimeout<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let limit = *this.limit;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

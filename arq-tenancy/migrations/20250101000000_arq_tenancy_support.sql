@@ -43,7 +43,7 @@ $$;
 REVOKE ALL ON FUNCTION arq.enable_tenant_rls(regclass, name) FROM PUBLIC;
 
 -- Wrapped per-tenant data keys for field-level encryption (arq_tenancy::crypto::PgKeyStore).
--- The service's own migration grants SELECT, INSERT on it to the runtime role.
+-- The service's own migration grants SELECT, INSERT (and UPDATE, to rewrap keys) on it to the runtime role.
 CREATE TABLE IF NOT EXISTS arq.tenant_data_keys (
     tenant_id  uuid        NOT NULL,
     key_id     integer     NOT NULL CHECK (key_id > 0),

@@ -7,6 +7,8 @@
     reason = "test helpers"
 )]
 
+pub mod db;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

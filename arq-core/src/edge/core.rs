@@ -17,8 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::MatchedPath;
@@ -145,7 +144,9 @@ where
             None => TraceContext::new_root(sample(settings.sampling_ratio)),
         };
         let method = parts.method.clone();
-        let span = tracing::info_span!(
+        // At debug, like tower-http's TraceLayer: at info the ids reach log lines through the
+        // task-locals (see telemetry/json.rs), which costs nothing per request.
+        let span = tracing::debug_span!(
             "http_request",
             method = %method,
             route = tracing::field::Empty,
@@ -156,20 +157,22 @@ where
             span_id = %crate::telemetry::Hex(&trace.parent.parent_id()),
             tenant = tracing::field::Empty,
         );
+        let span_enabled = !span.is_disabled();
         parts.extensions.insert(id.clone());
-        parts.extensions.insert(trace);
+        let context = crate::telemetry::RequestContext::new(trace);
         let req = Request::from_parts(parts, Body::new(body));
 
         settings.metrics.in_flight.inc();
         let in_flight = InFlight(Arc::clone(&settings));
 
-        let mut inner = self.inner.clone();
-        // Swap so the clone that was driven ready is the one called (tower's readiness contract).
-        std::mem::swap(&mut self.inner, &mut inner);
-        let call = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
+        // Hand the instance that was driven ready to the future (tower's readiness contract);
+        // it is called inside the request's task-local scope so routing can record the route.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
         let scoped_id = id.clone();
         let fut = async move {
             let _in_flight = in_flight;
+            let call = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
             let outcome = match call {
                 Ok(fut) => {
                     let timed = tokio::time::timeout(settings.request_timeout, fut);
@@ -216,17 +219,21 @@ where
                 }
             };
             let status = response.status();
-            let route = response.extensions().get::<MatchedPath>();
-            let route_str = route.map_or(crate::telemetry::UNMATCHED_ROUTE, MatchedPath::as_str);
+            let route = crate::telemetry::current_route();
+            let route_str = route
+                .as_ref()
+                .map_or(crate::telemetry::UNMATCHED_ROUTE, MatchedPath::as_str);
             let elapsed = start.elapsed();
             settings
                 .metrics
                 .observe(&method, route_str, status, elapsed);
-            let span = tracing::Span::current();
-            span.record("route", route_str);
-            span.record("status", status.as_u16());
-            span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
-            tracing::debug!("request completed");
+            if span_enabled {
+                let span = tracing::Span::current();
+                span.record("route", route_str);
+                span.record("status", status.as_u16());
+                span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+                tracing::debug!("request completed");
+            }
             let headers = response.headers_mut();
             headers.insert(REQUEST_ID_HEADER, scoped_id.header_value().clone());
             for (name, value) in headers.iter_mut() {
@@ -236,7 +243,11 @@ where
             }
             Ok(response)
         };
-        Box::pin(id.scope(fut.instrument(span)))
+        // The request's future is boxed before the task-local wrappers go around it: an
+        // `async fn` wrapper moves its argument on first poll, and moving a few KB of nested
+        // futures per request cost more than this second allocation.
+        let fut = Box::pin(fut.instrument(span));
+        Box::pin(id.scope(context.scope(fut)))
     }
 }
 

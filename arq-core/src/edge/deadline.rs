@@ -3,8 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-use tokio::time::Instant;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -55,9 +54,11 @@ where
             Poll::Pending => {}
         }
         let deadline = *this.deadline;
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let sleep = this.sleep.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                deadline,
+            )))
+        });
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 tracing::warn!("response stream deadline passed; aborting the response");

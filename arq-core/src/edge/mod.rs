@@ -92,7 +92,7 @@ pub enum EdgeError {
 #[derive(Clone)]
 pub struct EdgeStack {
     core: Arc<core::CoreSettings>,
-    cors: CorsLayer,
+    cors: Arc<CorsLayer>,
     compression: CompressionLayer<CompressPredicate>,
     body_limit: u64,
     per_ip_limit: Option<Slot>,
@@ -147,7 +147,7 @@ impl EdgeStack {
                 sampling_ratio: config.telemetry.sampling_ratio,
                 metrics,
             }),
-            cors: cors::layer(&config.cors),
+            cors: Arc::new(cors::layer(&config.cors)),
             compression: CompressionLayer::new()
                 .gzip(true)
                 .br(true)
@@ -249,7 +249,11 @@ impl EdgeStack {
             Innermost::Slotted { svc }
         };
         let cors = CorsGate {
-            cors: self.cors.layer(self.compression.layer(innermost)),
+            layer: Arc::clone(&self.cors),
+            inner: CompressionGate {
+                layer: self.compression.clone(),
+                inner: innermost,
+            },
         };
         EdgeService {
             inner: core::Core::new(cors, Arc::clone(&self.core)),
@@ -261,7 +265,7 @@ impl EdgeStack {
 /// `Response<axum::body::Body>`, never failing (every error is a response).
 #[derive(Clone)]
 pub struct EdgeService {
-    inner: core::Core<CorsGate<Compression<Innermost, CompressPredicate>>>,
+    inner: core::Core<CorsGate<CompressionGate<Innermost>>>,
 }
 
 impl std::fmt::Debug for EdgeService {
@@ -320,10 +324,12 @@ impl Service<Request<Body>> for Innermost {
 
 /// Runs tower-http's CORS only for requests with an `Origin` header. Requests without one
 /// (same-origin, service-to-service, health probes) are not CORS requests: they only need
-/// `Vary` for caches, which is a static header here instead of one built per request.
+/// `Vary` for caches, which is a static header here instead of one built per request. The
+/// layer is shared, not cloned per request (a `Cors` clone copies its header lists).
 #[derive(Clone)]
 struct CorsGate<S> {
-    cors: Cors<S>,
+    layer: Arc<CorsLayer>,
+    inner: S,
 }
 
 const VARY_CORS: HeaderValue = HeaderValue::from_static(
@@ -332,7 +338,7 @@ const VARY_CORS: HeaderValue = HeaderValue::from_static(
 
 impl<S, ResB> Service<Request<Body>> for CorsGate<S>
 where
-    S: Service<Request<Body>, Response = http::Response<ResB>>,
+    S: Service<Request<Body>, Response = http::Response<ResB>> + Clone,
     ResB: Default,
 {
     type Response = http::Response<ResB>;
@@ -340,17 +346,21 @@ where
     type Future = CorsGateFuture<tower_http::cors::ResponseFuture<S::Future>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.cors.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if req.headers().contains_key(header::ORIGIN) {
+            // Hand the instance that was driven ready to the CORS service.
+            let fresh = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, fresh);
+            let mut cors: Cors<S> = self.layer.layer(ready);
             CorsGateFuture::Cors {
-                fut: self.cors.call(req),
+                fut: cors.call(req),
             }
         } else {
             CorsGateFuture::Plain {
-                fut: self.cors.get_mut().call(req),
+                fut: self.inner.call(req),
             }
         }
     }
@@ -379,6 +389,72 @@ where
                 response.headers_mut().append(header::VARY, VARY_CORS);
                 Poll::Ready(Ok(response))
             }
+        }
+    }
+}
+
+/// Runs tower-http's compression only for requests that accept gzip, br or zstd, and boxes
+/// the compressed body at once. Why: `CompressionBody` holds every encoder's state inline (about
+/// 6 KB), and each move of a response carrying it is a copy of that size; for requests that
+/// cannot be compressed there is nothing to gain from it.
+#[derive(Clone)]
+struct CompressionGate<S> {
+    layer: CompressionLayer<CompressPredicate>,
+    inner: S,
+}
+
+fn accepts_compression(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let zero_q = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+            });
+            !zero_q
+                && ["gzip", "br", "zstd", "*"]
+                    .iter()
+                    .any(|c| name.eq_ignore_ascii_case(c))
+        })
+}
+
+impl<S> Service<Request<Body>> for CompressionGate<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        futures_util::future::MapOk<
+            tower_http::compression::ResponseFuture<S::Future, CompressPredicate>,
+            fn(http::Response<tower_http::compression::CompressionBody<Body>>) -> Response,
+        >,
+        S::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        use futures_util::TryFutureExt;
+        if accepts_compression(req.headers()) {
+            let boxed: fn(
+                http::Response<tower_http::compression::CompressionBody<Body>>,
+            ) -> Response = |r| r.map(Body::new);
+            // Hand the instance that was driven ready to the compression service.
+            let fresh = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, fresh);
+            let mut compression: Compression<S, CompressPredicate> = self.layer.layer(ready);
+            futures_util::future::Either::Left(compression.call(req).map_ok(boxed))
+        } else {
+            futures_util::future::Either::Right(self.inner.call(req))
         }
     }
 }

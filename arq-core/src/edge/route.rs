@@ -1,13 +1,11 @@
-//! Copies axum's matched route template into the response so the outer layers (trace span,
-//! metrics) can label by route template rather than raw path.
+//! Records axum's matched route template in the request context (a task-local) so the outer
+//! layers (trace span, metrics) can label by route template rather than raw path, without an
+//! allocation per request.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::MatchedPath;
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -34,41 +32,16 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = RecordRouteFuture<S::Future>;
+    type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let route = req.extensions().get::<MatchedPath>().cloned();
-        RecordRouteFuture {
-            fut: self.inner.call(req),
-            route,
+        if let Some(route) = req.extensions().get::<MatchedPath>() {
+            crate::telemetry::set_route(route);
         }
-    }
-}
-
-pin_project! {
-    pub(crate) struct RecordRouteFuture<F> {
-        #[pin]
-        fut: F,
-        route: Option<MatchedPath>,
-    }
-}
-
-impl<F, RB, E> Future for RecordRouteFuture<F>
-where
-    F: Future<Output = Result<Response<RB>, E>>,
-{
-    type Output = Result<Response<RB>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = std::task::ready!(this.fut.poll(cx))?;
-        if let Some(route) = this.route.take() {
-            response.extensions_mut().insert(route);
-        }
-        Poll::Ready(Ok(response))
+        self.inner.call(req)
     }
 }

@@ -1,8 +1,10 @@
 //! Telemetry: JSON logs, the HTTP metrics and `/metrics`, and trace-context helpers.
 //!
 //! - [`init`] installs a tracing-subscriber that writes one JSON object per line with the
-//!   timestamp, level, target, message and the fields of the request span: `request_id`,
-//!   `trace_id`, `span_id`, `route`, and `tenant` once [`record_tenant`] was called.
+//!   timestamp, level, target, message and fields, and — read from the task the event happens
+//!   in — `request_id`, `trace_id`, `span_id`, and `tenant` once [`record_tenant`] was called.
+//!   With `debug` enabled, the per-request span (method, route template, status, latency) is
+//!   there too, under `span`, and a `request completed` line closes each request.
 //! - [`HttpMetrics`] holds `http_request_duration_seconds` (labels `method`, `route` — the
 //!   matched template, never the raw path — and `status_class`) and `http_requests_in_flight`.
 //! - [`metrics_router`] serves a [`MetricsRegistry`] at `/metrics`.
@@ -11,7 +13,9 @@
 //! with a new span id and puts the [`TraceContext`](crate::TraceContext) in the request
 //! extensions; [`crate::client`] injects its child into outbound calls.
 
+mod context;
 mod http_metrics;
+mod json;
 
 use std::fmt;
 
@@ -23,6 +27,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+pub use context::{RequestContext, current_tenant, current_trace};
+pub(crate) use context::{current_route, set_route};
 pub use http_metrics::{HttpMetrics, UNMATCHED_ROUTE};
 
 use crate::config::{LogFormat, TelemetryConfig};
@@ -87,18 +93,17 @@ where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     tracing_subscriber::fmt::layer()
-        .json()
-        .with_current_span(true)
-        .with_span_list(false)
-        .flatten_event(true)
-        .with_target(true)
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(json::ArqJson)
         .with_writer(make_writer)
 }
 
-/// Records the tenant on the current request span, so every later log line of the request
-/// carries it. Tenant-resolution layers call this once they know the tenant.
+/// Records the tenant of the current request: on its span, so every later log line carries
+/// it, and in the request context, so outbound calls send it. Tenant-resolution layers call this
+/// once they know the tenant.
 pub fn record_tenant(tenant: &crate::TenantId) {
     tracing::Span::current().record("tenant", tracing::field::display(tenant));
+    context::set_tenant(*tenant);
 }
 
 /// A router serving `registry` at `GET /metrics` in the OpenMetrics text format.

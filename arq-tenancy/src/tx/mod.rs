@@ -4,20 +4,21 @@
 //! inside a [`TenantTx`] whose first statement scopes it to one tenant,
 //!
 //! ```sql
-//! BEGIN; SELECT set_config('app.tenant_id', '<uuid>', true), set_config('statement_timeout', '5000', true)
+//! BEGIN; SET LOCAL app.tenant_id = '<uuid>'; SET LOCAL statement_timeout = 5000
 //! ```
 //!
 //! sent as **one** simple query, so scoping costs no round trip over a plain `BEGIN`. Both settings
-//! are transaction-local (`is_local = true`): they end with the transaction, so a pooled
-//! connection (or a PgBouncer server connection) never carries a tenant into the next
-//! transaction. Never a session `SET`.
+//! are transaction-local (`SET LOCAL` is `set_config(..., true)` without the planner, the executor
+//! and a result row, which the benchmark shows is measurably cheaper per transaction): they end
+//! with the transaction, so a pooled connection (or a PgBouncer server connection) never carries a
+//! tenant into the next transaction. Never a session `SET`.
 //!
 //! ## Why a formatted statement is safe here
-//! The simple-query protocol has no parameters, so a `BEGIN; SELECT set_config(...)` built from
-//! untrusted text would be an injection. The value here is not text: it is a [`TenantId`], a
-//! parsed UUID whose `Display` is the canonical 36-character hyphenated form (`[0-9a-f-]`
-//! only). [`begin_statement`] still checks every byte before formatting and fails closed, and
-//! the server casts it back to `uuid`. [`BeginMode::Parameterized`] is the two-round-trip
+//! The simple-query protocol has no parameters, so a `BEGIN; SET LOCAL ...` (or `BEGIN; SELECT
+//! set_config(...)`) built from untrusted text would be an injection. The value here is not text:
+//! it is a [`TenantId`], a parsed UUID whose `Display` is the canonical 36-character hyphenated
+//! form (`[0-9a-f-]` only). [`begin_statement`] still checks every byte before formatting and
+//! fails closed, and `arq.current_tenant_id()` casts the setting to `uuid` on every read. [`BeginMode::Parameterized`] is the two-round-trip
 //! alternative (`BEGIN`, then `set_config($1)` as a bound parameter); the benchmark in
 //! `docs/bench-tenancy.md` measures both.
 //!
@@ -48,7 +49,7 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum BeginMode {
-    /// `BEGIN` and both `set_config` calls in one simple query: one round trip.
+    /// `BEGIN` and both `SET LOCAL`s in one simple query: one round trip.
     #[default]
     Folded,
     /// `BEGIN`, then `set_config($1, ...)` with bound parameters: two round trips. For
@@ -134,6 +135,11 @@ impl TenantPool {
     }
 
     /// Wraps `pool` with explicit settings.
+    ///
+    /// `statement_timeout` is set per transaction; `Duration::ZERO` leaves it to the role's
+    /// default (for instance `ALTER ROLE arq_app SET statement_timeout = '5s'`, which also holds
+    /// behind PgBouncer). A per-transaction timeout costs timer work on the server for every
+    /// statement; `docs/bench-tenancy.md` measures it.
     pub fn with_options(
         pool: PgPool,
         mode: BeginMode,
@@ -144,10 +150,27 @@ impl TenantPool {
             inner: Arc::new(Inner {
                 pool,
                 mode,
-                timeout_ms: statement_timeout.as_millis().max(1),
+                timeout_ms: statement_timeout.as_millis(),
                 metrics,
             }),
         }
+    }
+
+    /// Audits the database as the pool's role ([`crate::audit::ensure_safe`]) and wraps the pool
+    /// only if the audit passes: the start-up path of a service, which refuses to serve tenants
+    /// from an unsafe database.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn start(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tenants = arq_tenancy::TenantPool::checked(pool).await?; // error names every violation
+    /// # let _ = tenants; Ok(()) }
+    /// ```
+    pub async fn checked(pool: PgPool) -> Result<Self, crate::audit::AuditError> {
+        let mut conn = pool.acquire().await?;
+        crate::audit::ensure_safe(&mut conn).await?;
+        drop(conn);
+        Ok(Self::new(pool))
     }
 
     /// The begin mode.
@@ -166,12 +189,18 @@ impl TenantPool {
             }
             BeginMode::Parameterized => {
                 let mut tx = inner.pool.begin().await?;
+                // An empty timeout leaves the current value (the role's default) unchanged.
                 sqlx::query(
                     "select set_config('app.tenant_id', $1, true), \
-                     set_config('statement_timeout', $2, true)",
+                     case when $2 = '' then null \
+                          else set_config('statement_timeout', $2, true) end",
                 )
                 .bind(tenant.to_string())
-                .bind(inner.timeout_ms.to_string())
+                .bind(if inner.timeout_ms == 0 {
+                    String::new()
+                } else {
+                    inner.timeout_ms.to_string()
+                })
                 .persistent(false)
                 .execute(&mut *tx)
                 .await?;
@@ -243,6 +272,7 @@ impl TenantPool {
 }
 
 /// The single simple-query statement that opens a tenant transaction (see the module docs).
+/// A `timeout_ms` of 0 leaves the statement timeout alone.
 ///
 /// # Example
 /// ```
@@ -251,9 +281,10 @@ impl TenantPool {
 /// let t: TenantId = "0196b5a4-5c8e-7d2e-9f3a-1b2c3d4e5f60".parse().unwrap();
 /// assert_eq!(
 ///     begin_statement(t, 5000).unwrap(),
-///     "BEGIN; SELECT set_config('app.tenant_id', '0196b5a4-5c8e-7d2e-9f3a-1b2c3d4e5f60'::uuid::text, true), \
-///      set_config('statement_timeout', '5000', true)"
+///     "BEGIN; SET LOCAL app.tenant_id = '0196b5a4-5c8e-7d2e-9f3a-1b2c3d4e5f60'; \
+///      SET LOCAL statement_timeout = 5000"
 /// );
+/// assert!(!begin_statement(t, 0).unwrap().contains("statement_timeout"));
 /// ```
 pub fn begin_statement(tenant: TenantId, timeout_ms: u128) -> Result<String, TxError> {
     let id = tenant.to_string();
@@ -261,10 +292,13 @@ pub fn begin_statement(tenant: TenantId, timeout_ms: u128) -> Result<String, TxE
     if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(TxError::UnsafeTenantId);
     }
-    Ok(format!(
-        "BEGIN; SELECT set_config('app.tenant_id', '{id}'::uuid::text, true), \
-         set_config('statement_timeout', '{timeout_ms}', true)"
-    ))
+    Ok(if timeout_ms == 0 {
+        format!("BEGIN; SET LOCAL app.tenant_id = '{id}'")
+    } else {
+        format!(
+            "BEGIN; SET LOCAL app.tenant_id = '{id}'; SET LOCAL statement_timeout = {timeout_ms}"
+        )
+    })
 }
 
 /// A transaction scoped to one tenant. Dereferences to the connection, so queries run with

@@ -31,7 +31,7 @@ CREATE TABLE tasks (
 );
 SELECT arq.enable_tenant_rls('projects', 'arq_app');
 SELECT arq.enable_tenant_rls('tasks', 'arq_app');
-GRANT SELECT, INSERT ON arq.tenant_data_keys TO arq_app;
+GRANT SELECT, INSERT, UPDATE ON arq.tenant_data_keys TO arq_app;
 "#;
 
 pub struct TestDb {

@@ -103,8 +103,8 @@ async fn p43_audit_fails_closed_for_privileged_or_owning_runtime_roles() {
     assert_eq!(owned, ["arq.tenant_data_keys", "projects", "tasks"]);
 
     // The service refuses to start when connected as the owner.
-    let mut owner = db.owner.acquire().await.unwrap();
-    let err = audit::ensure_safe(&mut owner).await.unwrap_err();
+    assert!(TenantPool::checked(db.app.clone()).await.is_ok());
+    let err = TenantPool::checked(db.owner.clone()).await.unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("refusing to start") && text.contains("tenancy/runtime-owns-table"),
@@ -742,5 +742,62 @@ async fn randomized_isolation_50_tenants_1000_ops_pool_sizes_1_to_4() {
             assert_eq!(expected.get(&id).map(|x| x.into_uuid()), Some(t));
         }
         su.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn statement_timeout_applies_and_metrics_are_recorded() {
+    let db = TestDb::new(1).await;
+    let registry = arq_core::metrics::MetricsRegistry::new();
+    let metrics = arq_tenancy::tx::DbMetrics::register(&registry).unwrap();
+    let pool = TenantPool::with_options(
+        db.app.clone(),
+        BeginMode::Folded,
+        std::time::Duration::from_millis(200),
+        metrics,
+    );
+    let t = TenantId::generate();
+    let mut tx = pool.begin(t).await.unwrap();
+    let err = sqlx::query("select pg_sleep(2)")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, sqlx::Error::Database(d) if d.code().as_deref() == Some("57014")),
+        "{err}"
+    );
+    tx.rollback().await.unwrap();
+    let tx = pool.begin(t).await.unwrap();
+    tx.commit().await.unwrap();
+    // Duration::ZERO leaves the timeout to the role's default, in both modes.
+    for mode in [BeginMode::Folded, BeginMode::Parameterized] {
+        let untimed = TenantPool::with_options(
+            db.app.clone(),
+            mode,
+            std::time::Duration::ZERO,
+            arq_tenancy::tx::DbMetrics::register(&arq_core::metrics::MetricsRegistry::new())
+                .unwrap(),
+        );
+        let mut tx = untimed.begin(t).await.unwrap();
+        let timeout: String = sqlx::query_scalar("show statement_timeout")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(timeout, "0", "{mode:?}");
+        let setting: String = sqlx::query_scalar("select current_setting('app.tenant_id')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(setting, t.to_string());
+        tx.commit().await.unwrap();
+    }
+    let text = registry.encode();
+    for line in [
+        "db_query_duration_seconds_count{operation=\"begin\"} 2",
+        "db_query_duration_seconds_count{operation=\"commit\"} 1",
+        "db_query_duration_seconds_count{operation=\"rollback\"} 1",
+        "db_query_duration_seconds_count{operation=\"transaction\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
     }
 }

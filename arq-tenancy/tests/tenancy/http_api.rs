@@ -40,18 +40,18 @@ impl Identity for Caller {
 
 /// Stand-in for arq-auth: `Authorization: Test <tenant>,<tenant>...` (verified by assumption).
 async fn fake_auth(mut request: Request, next: Next) -> Response {
-    if let Some(v) = request
+    let list = request
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-    {
-        if let Some(list) = v.strip_prefix("Test ") {
-            let tenants = list.split(',').filter_map(|t| t.parse().ok()).collect();
-            request.extensions_mut().insert(CallerIdentity::new(Caller {
-                subject: "tester".into(),
-                tenants,
-            }));
-        }
+        .and_then(|v| v.strip_prefix("Test "))
+        .map(str::to_owned);
+    if let Some(list) = list {
+        let tenants = list.split(',').filter_map(|t| t.parse().ok()).collect();
+        request.extensions_mut().insert(CallerIdentity::new(Caller {
+            subject: "tester".into(),
+            tenants,
+        }));
     }
     next.run(request).await
 }
@@ -215,7 +215,7 @@ async fn api_commits_on_success_rolls_back_on_error_and_answers_404_for_other_te
     // A member of both picks with the header; each sees exactly its own committed rows.
     let both = auth(&[a, b]);
     assert_eq!(
-        call(&app, "GET", "/tasks", &[both.clone()]).await,
+        call(&app, "GET", "/tasks", std::slice::from_ref(&both)).await,
         (StatusCode::OK, "a1".into())
     );
     assert_eq!(

@@ -10,5 +10,7 @@
 )]
 
 mod common;
+mod crypto_pg;
 mod db;
 mod http_api;
+mod pgbouncer;

@@ -1,0 +1,437 @@
+//! Compilation of checked conditions into trees of typed closures.
+//!
+//! Every `principal.x` / `resource.x` / `request.x` reference becomes a [`Slot`] at compile
+//! time: evaluation asks the attribute source for that slot directly (at most once per decision,
+//! cached in a fixed-size array on the stack) and never looks a name up in a map. Strings stay
+//! borrowed from the source, constants stay in the closure, so the typical condition — string
+//! equality, membership in a constant list or in an attribute list, boolean logic, integer
+//! comparison — evaluates without allocating. Anything else (comprehensions, `dyn`, maps,
+//! timestamps) takes the dynamic path: the same expression evaluated by the interpreter over
+//! values materialised from the sources, within the runtime cost budget.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cel::checker::TypeMap;
+use crate::cel::interp::{Activation, Interpreter};
+use crate::cel::{EvalError, Expr, ExprKind, Key, MapValue, Type, Value};
+
+use super::schema::{AttrType, Schema};
+use super::source::{AttrKey, AttrValue, AttributeSource, Entity};
+
+/// How many distinct attributes a decision caches (more are fetched on each use).
+pub(crate) const CACHE_SLOTS: usize = 32;
+
+/// A resolved attribute reference.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    pub(crate) entity: Entity,
+    pub(crate) index: u16,
+    pub(crate) name: Arc<str>,
+    pub(crate) ty: AttrType,
+    pub(crate) cache: Option<u8>,
+}
+
+/// Per-decision evaluation context: the three sources and the attribute cache.
+pub(crate) struct Ctx<'a> {
+    pub(crate) sources: [&'a dyn AttributeSource; 3],
+    pub(crate) schema: &'a Schema,
+    cache: [Cell<Option<Option<AttrValue<'a>>>>; CACHE_SLOTS],
+    pub(crate) budget: Cell<u64>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        sources: [&'a dyn AttributeSource; 3],
+        schema: &'a Schema,
+        budget: u64,
+    ) -> Self {
+        Self {
+            sources,
+            schema,
+            cache: Default::default(),
+            budget: Cell::new(budget),
+        }
+    }
+
+    fn fetch(&self, slot: &Slot) -> Option<AttrValue<'a>> {
+        if let Some(c) = slot.cache
+            && let Some(v) = self.cache[usize::from(c)].get()
+        {
+            return v;
+        }
+        let v = self.sources[slot.entity.index()].attribute(AttrKey {
+            name: &slot.name,
+            index: slot.index,
+        });
+        if let Some(c) = slot.cache {
+            self.cache[usize::from(c)].set(Some(v));
+        }
+        v
+    }
+
+    /// The attribute's value, checked against its declared list bound.
+    pub(crate) fn get(&self, slot: &Slot) -> Result<AttrValue<'a>, EvalError> {
+        let v = self.fetch(slot).ok_or_else(|| {
+            EvalError::new(format!(
+                "missing attribute {}.{}",
+                slot.entity.as_str(),
+                slot.name
+            ))
+        })?;
+        if let (Some(n), AttrType::List { max_size, .. }) = (v.list_len(), &slot.ty)
+            && n > *max_size
+        {
+            return Err(EvalError::new(format!(
+                "attribute {}.{} has {n} elements; the schema allows at most {max_size}",
+                slot.entity.as_str(),
+                slot.name
+            )));
+        }
+        Ok(v)
+    }
+
+    fn present(&self, slot: &Slot) -> bool {
+        self.fetch(slot).is_some()
+    }
+}
+
+pub(crate) type BoolFn = Box<dyn for<'a> Fn(&Ctx<'a>) -> Result<bool, EvalError> + Send + Sync>;
+type IntFn = Box<dyn for<'a> Fn(&Ctx<'a>) -> Result<i64, EvalError> + Send + Sync>;
+
+/// A string operand: a constant or a string attribute.
+enum StrOp {
+    Const(Box<str>),
+    Attr(Slot),
+}
+
+impl StrOp {
+    fn get<'s, 'a: 's>(&'s self, ctx: &'s Ctx<'a>) -> Result<&'s str, EvalError> {
+        match self {
+            StrOp::Const(s) => Ok(s),
+            StrOp::Attr(slot) => match ctx.get(slot)? {
+                AttrValue::Str(s) => Ok(s),
+                AttrValue::Value(Value::String(s)) => Ok(s),
+                _ => Err(type_error(slot, "string")),
+            },
+        }
+    }
+}
+
+fn type_error(slot: &Slot, want: &str) -> EvalError {
+    EvalError::new(format!(
+        "attribute {}.{} is not a {want} at run time",
+        slot.entity.as_str(),
+        slot.name
+    ))
+}
+
+/// Compiles checked expressions of one policy set.
+pub(crate) struct Compiler<'s> {
+    pub(crate) slots: &'s HashMap<(Entity, String), Slot>,
+    pub(crate) types: &'s TypeMap,
+}
+
+impl Compiler<'_> {
+    fn ty(&self, e: &Expr) -> Type {
+        self.types.get(e).cloned().unwrap_or(Type::Dyn)
+    }
+
+    fn slot_of(&self, e: &Expr) -> Option<Slot> {
+        let ExprKind::Select {
+            operand,
+            field,
+            test: false,
+            optional: false,
+        } = &e.kind
+        else {
+            return None;
+        };
+        let ExprKind::Ident(root) = &operand.kind else {
+            return None;
+        };
+        let entity = match &**root {
+            "principal" => Entity::Principal,
+            "resource" => Entity::Resource,
+            "request" => Entity::Request,
+            _ => return None,
+        };
+        self.slots.get(&(entity, field.to_string())).cloned()
+    }
+
+    fn str_op(&self, e: &Expr) -> Option<StrOp> {
+        match &e.kind {
+            ExprKind::Lit(Value::String(s)) => Some(StrOp::Const(Box::from(&**s))),
+            _ => {
+                let slot = self.slot_of(e)?;
+                matches!(slot.ty, AttrType::String).then_some(StrOp::Attr(slot))
+            }
+        }
+    }
+
+    /// Compiles a boolean condition.
+    pub(crate) fn bool_fn(&self, e: &Expr) -> BoolFn {
+        if let Some(f) = self.fast_bool(e) {
+            return f;
+        }
+        self.dynamic_bool(e)
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn fast_bool(&self, e: &Expr) -> Option<BoolFn> {
+        match &e.kind {
+            ExprKind::Lit(Value::Bool(b)) => {
+                let b = *b;
+                Some(Box::new(move |_| Ok(b)))
+            }
+            ExprKind::Select {
+                operand,
+                field,
+                test: true,
+                ..
+            } => {
+                let probe = Expr::new(
+                    e.pos,
+                    ExprKind::Select {
+                        operand: operand.clone(),
+                        field: field.clone(),
+                        test: false,
+                        optional: false,
+                    },
+                );
+                let slot = self.slot_of(&probe)?;
+                Some(Box::new(move |ctx| Ok(ctx.present(&slot))))
+            }
+            ExprKind::Select { .. } => {
+                let slot = self.slot_of(e)?;
+                if !matches!(slot.ty, AttrType::Bool) {
+                    return None;
+                }
+                Some(Box::new(move |ctx| match ctx.get(&slot)? {
+                    AttrValue::Bool(b) | AttrValue::Value(&Value::Bool(b)) => Ok(b),
+                    _ => Err(type_error(&slot, "bool")),
+                }))
+            }
+            ExprKind::Call {
+                target: Some(t),
+                func,
+                args,
+            } if args.len() == 1 && matches!(&**func, "startsWith" | "endsWith" | "contains") => {
+                let (x, y) = (self.str_op(t)?, self.str_op(&args[0])?);
+                let f: fn(&str, &str) -> bool = match &**func {
+                    "startsWith" => |a, b| a.starts_with(b),
+                    "endsWith" => |a, b| a.ends_with(b),
+                    _ => |a, b| a.contains(b),
+                };
+                Some(Box::new(move |ctx| Ok(f(x.get(ctx)?, y.get(ctx)?))))
+            }
+            ExprKind::Call {
+                target: None,
+                func,
+                args,
+            } => match (&**func, args.as_slice()) {
+                ("_&&_", [a, b]) => {
+                    let (fa, fb) = (self.bool_fn(a), self.bool_fn(b));
+                    Some(Box::new(move |ctx| match fa(ctx) {
+                        Ok(false) => Ok(false),
+                        ra => match (ra, fb(ctx)) {
+                            (_, Ok(false)) => Ok(false),
+                            (Ok(true), Ok(true)) => Ok(true),
+                            (Err(e), _) | (_, Err(e)) => Err(e),
+                            (Ok(false), _) => Ok(false),
+                        },
+                    }))
+                }
+                ("_||_", [a, b]) => {
+                    let (fa, fb) = (self.bool_fn(a), self.bool_fn(b));
+                    Some(Box::new(move |ctx| match fa(ctx) {
+                        Ok(true) => Ok(true),
+                        ra => match (ra, fb(ctx)) {
+                            (_, Ok(true)) => Ok(true),
+                            (Ok(false), Ok(false)) => Ok(false),
+                            (Err(e), _) | (_, Err(e)) => Err(e),
+                            (Ok(true), _) => Ok(true),
+                        },
+                    }))
+                }
+                ("!_", [a]) => {
+                    let fa = self.bool_fn(a);
+                    Some(Box::new(move |ctx| fa(ctx).map(|b| !b)))
+                }
+                ("_?_:_", [c, a, b]) if self.ty(e) == Type::Bool => {
+                    let (fc, fa, fb) = (self.bool_fn(c), self.bool_fn(a), self.bool_fn(b));
+                    Some(Box::new(
+                        move |ctx| if fc(ctx)? { fa(ctx) } else { fb(ctx) },
+                    ))
+                }
+                ("_==_" | "_!=_", [a, b]) => {
+                    let negate = &**func == "_!=_";
+                    if let (Some(x), Some(y)) = (self.str_op(a), self.str_op(b)) {
+                        return Some(Box::new(move |ctx| {
+                            Ok((x.get(ctx)? == y.get(ctx)?) != negate)
+                        }));
+                    }
+                    if self.ty(a) == Type::Int && self.ty(b) == Type::Int {
+                        let (x, y) = (self.int_fn(a)?, self.int_fn(b)?);
+                        return Some(Box::new(move |ctx| Ok((x(ctx)? == y(ctx)?) != negate)));
+                    }
+                    if self.ty(a) == Type::Bool && self.ty(b) == Type::Bool {
+                        let (x, y) = (self.bool_fn(a), self.bool_fn(b));
+                        return Some(Box::new(move |ctx| Ok((x(ctx)? == y(ctx)?) != negate)));
+                    }
+                    None
+                }
+                ("_<_" | "_<=_" | "_>_" | "_>=_", [a, b]) => {
+                    let op = match &**func {
+                        "_<_" => |o: std::cmp::Ordering| o.is_lt(),
+                        "_<=_" => |o: std::cmp::Ordering| o.is_le(),
+                        "_>_" => |o: std::cmp::Ordering| o.is_gt(),
+                        _ => |o: std::cmp::Ordering| o.is_ge(),
+                    };
+                    if self.ty(a) == Type::Int && self.ty(b) == Type::Int {
+                        let (x, y) = (self.int_fn(a)?, self.int_fn(b)?);
+                        return Some(Box::new(move |ctx| Ok(op(x(ctx)?.cmp(&y(ctx)?)))));
+                    }
+                    if let (Some(x), Some(y)) = (self.str_op(a), self.str_op(b)) {
+                        return Some(Box::new(move |ctx| Ok(op(x.get(ctx)?.cmp(y.get(ctx)?)))));
+                    }
+                    None
+                }
+                ("@in", [a, b]) => {
+                    let x = self.str_op(a)?;
+                    if let ExprKind::List { elems, optional } = &b.kind
+                        && optional.is_empty()
+                    {
+                        let consts: Option<Vec<Box<str>>> = elems
+                            .iter()
+                            .map(|el| match &el.kind {
+                                ExprKind::Lit(Value::String(s)) => Some(Box::from(&**s)),
+                                _ => None,
+                            })
+                            .collect();
+                        let consts = consts?;
+                        return Some(Box::new(move |ctx| {
+                            let s = x.get(ctx)?;
+                            Ok(consts.iter().any(|c| **c == *s))
+                        }));
+                    }
+                    let slot = self.slot_of(b)?;
+                    if !matches!(&slot.ty, AttrType::List { elem, .. } if **elem == AttrType::String)
+                    {
+                        return None;
+                    }
+                    Some(Box::new(move |ctx| {
+                        let s = x.get(ctx)?;
+                        match ctx.get(&slot)? {
+                            AttrValue::StrList(l) => Ok(l.iter().any(|c| c == s)),
+                            AttrValue::StrRefs(l) => Ok(l.contains(&s)),
+                            AttrValue::ArcStrList(l) => Ok(l.iter().any(|c| &**c == s)),
+                            AttrValue::Value(Value::List(l)) => {
+                                Ok(l.iter().any(|v| matches!(v, Value::String(c) if &**c == s)))
+                            }
+                            _ => Err(type_error(&slot, "list(string)")),
+                        }
+                    }))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn int_fn(&self, e: &Expr) -> Option<IntFn> {
+        match &e.kind {
+            ExprKind::Lit(Value::Int(i)) => {
+                let i = *i;
+                Some(Box::new(move |_| Ok(i)))
+            }
+            ExprKind::Call { target, func, args }
+                if (&**func == "size") && args.len() + usize::from(target.is_some()) == 1 =>
+            {
+                let arg = target.as_deref().or(args.first())?;
+                let slot = self.slot_of(arg)?;
+                Some(Box::new(move |ctx| {
+                    let v = ctx.get(&slot)?;
+                    let n = match v {
+                        AttrValue::Str(s) => s.chars().count(),
+                        other => other
+                            .list_len()
+                            .ok_or_else(|| type_error(&slot, "sized value"))?,
+                    };
+                    i64::try_from(n).map_err(|_| EvalError::new("size overflows int"))
+                }))
+            }
+            _ => {
+                let slot = self.slot_of(e)?;
+                if !matches!(slot.ty, AttrType::Int) {
+                    return None;
+                }
+                Some(Box::new(move |ctx| match ctx.get(&slot)? {
+                    AttrValue::Int(i) | AttrValue::Value(&Value::Int(i)) => Ok(i),
+                    _ => Err(type_error(&slot, "int")),
+                }))
+            }
+        }
+    }
+
+    /// The dynamic path: the interpreter over values materialised from the sources.
+    fn dynamic_bool(&self, e: &Expr) -> BoolFn {
+        let expr = Arc::new(e.clone());
+        let slots: Arc<HashMap<String, Slot>> = Arc::new(
+            self.slots
+                .values()
+                .map(|s| (format!("{}.{}", s.entity.as_str(), s.name), s.clone()))
+                .collect(),
+        );
+        Box::new(move |ctx| {
+            let act = CtxActivation { ctx, slots: &slots };
+            let it = Interpreter::new(&act, "", ctx.budget.get());
+            let r = it.eval(&expr);
+            ctx.budget.set(ctx.budget.get().saturating_sub(it.cost()));
+            match r? {
+                Value::Bool(b) => Ok(b),
+                other => Err(EvalError::new(format!(
+                    "condition evaluated to {}, not bool",
+                    other.type_name()
+                ))),
+            }
+        })
+    }
+}
+
+/// Resolves `principal`, `principal.x`, … for the interpreter from a decision context.
+struct CtxActivation<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    slots: &'c HashMap<String, Slot>,
+}
+
+impl Activation for CtxActivation<'_, '_> {
+    fn resolve(&self, name: &str) -> Option<Value> {
+        if let Some(slot) = self.slots.get(name) {
+            return self.ctx.get(slot).ok().map(|v| v.to_value());
+        }
+        let entity = match name {
+            "principal" => Entity::Principal,
+            "resource" => Entity::Resource,
+            "request" => Entity::Request,
+            _ => return None,
+        };
+        let mut m = MapValue::new();
+        for (i, (attr, ty)) in self.ctx.schema.attributes(entity).iter().enumerate() {
+            let key = AttrKey {
+                name: attr,
+                index: u16::try_from(i).unwrap_or(u16::MAX),
+            };
+            if let Some(v) = self.ctx.sources[entity.index()].attribute(key) {
+                if let (Some(n), AttrType::List { max_size, .. }) = (v.list_len(), ty)
+                    && n > *max_size
+                {
+                    continue;
+                }
+                m.insert(Key::String(Arc::from(&**attr)), v.to_value());
+            }
+        }
+        Some(Value::Map(Arc::new(m)))
+    }
+}

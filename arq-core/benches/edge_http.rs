@@ -1,0 +1,192 @@
+//! Throughput and p99 latency of a hello endpoint: bare axum vs the same router behind arq's
+//! full edge stack (no authentication), measured on loopback by wrk in the same run.
+//!
+//! Run: `cargo bench -p arq-core --bench edge_http` (needs `wrk`: `apt-get install -y wrk`).
+//! `ARQ_BENCH_SECS` sets each run's duration (default 10), `ARQ_BENCH_ROUNDS` the rounds
+//! (default 2; configurations alternate within a round so drift hits all of them).
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::panic,
+    reason = "benchmark driver"
+)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use arq_core::config::{ArqConfig, ConfigLoader};
+use arq_core::edge::EdgeStack;
+use arq_core::health::Health;
+use arq_core::metrics::MetricsRegistry;
+use arq_core::rate_limit::RateLimitLayer;
+use arq_core::server::Server;
+use axum::Router;
+use axum::routing::get;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+fn router() -> Router {
+    Router::new().route("/hello", get(|| async { "hello, world\n" }))
+}
+
+fn config() -> ArqConfig {
+    ArqConfig::load_from(
+        &ConfigLoader::new("/nonexistent")
+            .environment("bench")
+            .vars([
+                ("ARQ__SERVER__ADDR", "127.0.0.1:0"),
+                (
+                    "ARQ__CORS__ALLOWED_ORIGINS",
+                    "https://app.arq.dev,https://*.arq.dev",
+                ),
+                // Quotas no benchmark run can exhaust, so every request takes the admitted path.
+                ("ARQ__RATE_LIMIT__PER_MINUTE", "1000000000"),
+                ("ARQ__RATE_LIMIT__PER_HOUR", "2000000000"),
+                ("ARQ__RATE_LIMIT__KEY", "client_ip"),
+            ]),
+    )
+    .unwrap()
+    .0
+}
+
+async fn start_bare() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router()).await });
+    addr
+}
+
+async fn start_arq(with_limit: bool) -> SocketAddr {
+    let cfg = config();
+    let registry = MetricsRegistry::new();
+    let health = Health::new(Duration::from_secs(1));
+    let mut stack = EdgeStack::from_config(&cfg, &registry).unwrap();
+    if with_limit {
+        stack = stack.per_ip_limit(RateLimitLayer::from_config(&cfg.rate_limit).unwrap());
+    }
+    let svc = stack.wrap(arq_core::server::with_operational_routes(
+        router(),
+        &health,
+        &registry,
+    ));
+    let server = Server::bind(&cfg.server, health).await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(svc, std::future::pending()));
+    addr
+}
+
+struct Run {
+    rps: f64,
+    p99_ms: f64,
+}
+
+fn wrk(addr: SocketAddr, secs: u64) -> Run {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c64",
+            &format!("-d{secs}s"),
+            "--latency",
+            &format!("http://{addr}/hello"),
+        ])
+        .output()
+        .expect("wrk is needed: apt-get install -y wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_latency(v.trim()))
+        .unwrap_or(f64::NAN);
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if let Some(e) = errors {
+        println!("  wrk reported: {}", e.trim());
+    }
+    Run { rps, p99_ms: p99 }
+}
+
+fn parse_latency(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn main() {
+    // Criterion-style filters are passed by `cargo bench`; this driver takes none.
+    let secs: u64 = std::env::var("ARQ_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let rounds: usize = std::env::var("ARQ_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    // Production-like telemetry: JSON logs at info (spans are created and filled), to a sink.
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(
+            std::env::var("ARQ_BENCH_LOG").unwrap_or_else(|_| "info".to_owned()),
+        ))
+        .with(arq_core::telemetry::json_layer(std::io::sink))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (bare, arq, arq_limit) = rt.block_on(async {
+        (
+            start_bare().await,
+            start_arq(false).await,
+            start_arq(true).await,
+        )
+    });
+    // Warm up each (connections, allocator, route handles).
+    for a in [bare, arq, arq_limit] {
+        wrk(a, 1);
+    }
+    let names = [
+        "bare axum",
+        "arq edge stack",
+        "arq edge stack + per-IP rate limit",
+    ];
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (i, a) in [bare, arq, arq_limit].into_iter().enumerate() {
+            let r = wrk(a, secs);
+            println!(
+                "round {round}: {:<36} {:>10.0} req/s  p99 {:>6.2} ms",
+                names[i], r.rps, r.p99_ms
+            );
+            results[i].push(r);
+        }
+    }
+    let mean =
+        |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    let base = mean(&results[0], |r| r.rps);
+    println!();
+    println!("| configuration | req/s (mean of {rounds}) | p99 ms (mean) | vs bare axum |");
+    println!("|---|---:|---:|---:|");
+    for (i, runs) in results.iter().enumerate() {
+        let rps = mean(runs, |r| r.rps);
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2}× |",
+            names[i],
+            rps,
+            mean(runs, |r| r.p99_ms),
+            rps / base
+        );
+    }
+}

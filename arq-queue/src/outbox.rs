@@ -1,0 +1,300 @@
+//! The transactional outbox on PostgreSQL (feature `postgres`).
+//!
+//! A message is written to the `arq_outbox` table **inside the caller's transaction**, next to
+//! the business write it belongs to: both commit or neither does. A [`Relay`] then publishes
+//! committed rows to any backend and deletes them.
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::PgPool, tenant: arq_queue::TenantId) -> Result<(), Box<dyn std::error::Error>> {
+//! use arq_queue::{Envelope, outbox};
+//! # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct OrderPlaced { id: u64 }
+//! # impl arq_queue::Message for OrderPlaced { const TYPE: &'static str = "order.placed"; }
+//!
+//! let mut tx = pool.begin().await?;
+//! // arq-tenancy's tenant transaction hands out the same `&mut PgConnection`.
+//! sqlx::query("select set_config('app.tenant_id', $1, true)")
+//!     .bind(tenant.to_string())
+//!     .execute(&mut *tx)
+//!     .await?;
+//! sqlx::query("insert into orders (tenant_id, id) values ($1, 42)")
+//!     .bind(tenant.into_uuid())
+//!     .execute(&mut *tx)
+//!     .await?;
+//! let env = Envelope::new(OrderPlaced { id: 42 }).with_tenant(tenant);
+//! outbox::enqueue(&mut tx, "app", "order.placed", &env).await?;
+//! tx.commit().await?; // only now can the relay see the message
+//! # Ok(()) }
+//! ```
+//!
+//! # The guarantee, precisely
+//! - A rolled-back transaction publishes nothing: the row never becomes visible.
+//! - Every committed row is published **at least once**: the relay claims rows with
+//!   `SELECT … FOR UPDATE SKIP LOCKED` in its own transaction, publishes them with broker
+//!   confirms, then deletes them and commits. Concurrent relays never publish the same row at
+//!   the same time (the row lock), and a row is deleted only after the broker confirmed it.
+//! - A relay that crashes (or loses the database) **after the broker confirmed but before its
+//!   commit** leaves the rows in place, unlocked; the next relay run publishes them again. No
+//!   protocol can make "publish to a broker" and "mark in PostgreSQL" one atomic step, so this
+//!   window produces a duplicate publication, never a loss.
+//! - The duplicate carries the **same envelope id** (the id is assigned at enqueue time and
+//!   stored in the row). A consumer with idempotency on (see
+//!   [`QueueConfig::idempotent`](crate::QueueConfig::idempotent) and
+//!   [`IdempotencyStore`](crate::IdempotencyStore)) therefore handles each committed row
+//!   **exactly once**; that is the end-to-end "exactly once per committed row".
+//!   For side effects in the consumer's own database, record the message id in the same
+//!   transaction as the effect (a unique key) to make that step exactly once as well.
+//! - Order: rows are published in commit-independent `seq` order per batch; with several
+//!   relays or retries, consumers must not rely on order.
+//!
+//! # Privileges
+//! The table has no row-level security; give the tenant runtime role `INSERT` (and the
+//! sequence's `USAGE`) only, so no tenant can read another's rows, and run the relay as a role
+//! that can `SELECT` and `DELETE`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::backend::{Backend, Outgoing};
+use crate::envelope::{Envelope, Message, MessageId};
+use crate::error::QueueError;
+use crate::queue::Queue;
+
+/// The table's DDL (also in `migrations/0001_arq_outbox.sql` for `sqlx migrate`).
+pub const MIGRATION: &str = include_str!("../migrations/0001_arq_outbox.sql");
+
+fn db(e: &sqlx::Error) -> QueueError {
+    QueueError::Database {
+        reason: e.to_string(),
+    }
+}
+
+/// Creates the outbox table if it does not exist (idempotent).
+pub async fn migrate(conn: &mut PgConnection) -> Result<(), QueueError> {
+    sqlx::raw_sql(MIGRATION)
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(|e| db(&e))
+}
+
+/// Writes `envelope` to the outbox inside the caller's transaction (pass `&mut *tx` or
+/// `&mut tx`). Nothing is published unless and until that transaction commits.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    exchange: &str,
+    routing_key: &str,
+    envelope: &Envelope,
+) -> Result<MessageId, QueueError> {
+    let body = envelope.encode()?;
+    sqlx::query(
+        "insert into arq_outbox (id, tenant_id, exchange, routing_key, envelope) values ($1, $2, $3, $4, $5)",
+    )
+    .bind(*envelope.id.as_uuid())
+    .bind(envelope.tenant.map(arq_core::TenantId::into_uuid))
+    .bind(exchange)
+    .bind(routing_key)
+    .bind(body)
+    .execute(conn)
+    .await
+    .map_err(|e| db(&e))?;
+    Ok(envelope.id)
+}
+
+/// [`enqueue`] for a typed message, with its type as the routing key.
+pub async fn enqueue_message<T: Message>(
+    conn: &mut PgConnection,
+    exchange: &str,
+    message: T,
+) -> Result<MessageId, QueueError> {
+    let env = Envelope::new(message);
+    enqueue(conn, exchange, T::TYPE, &env).await
+}
+
+/// Publishes committed outbox rows to a backend and deletes them.
+///
+/// # Example
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool, queue: arq_queue::Queue<arq_queue::MemoryBackend>) -> Result<(), arq_queue::QueueError> {
+/// use arq_queue::outbox::Relay;
+/// let relay = Relay::new(pool, queue);
+/// let published = relay.run_once().await?; // or relay.run(shutdown).await
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Relay<B> {
+    pool: PgPool,
+    queue: Queue<B>,
+    batch: i64,
+    poll_interval: Duration,
+    crash_after_publish: bool,
+}
+
+impl<B: Backend> Relay<B> {
+    /// A relay publishing through `queue` (whose topology is declared), 500 rows per batch,
+    /// polling every 100 ms when idle.
+    pub fn new(pool: PgPool, queue: Queue<B>) -> Self {
+        Self {
+            pool,
+            queue,
+            batch: 500,
+            poll_interval: Duration::from_millis(100),
+            crash_after_publish: false,
+        }
+    }
+
+    /// Rows claimed and published per round (one pipelined round of confirms).
+    #[must_use]
+    pub fn batch_size(mut self, rows: u16) -> Self {
+        self.batch = i64::from(rows.max(1));
+        self
+    }
+
+    /// How long to wait when the outbox is empty.
+    #[must_use]
+    pub const fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Fault injection for tests: after the broker confirmed a batch, fail before deleting the
+    /// rows — exactly what a crash between publish and mark does.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn crash_after_publish(mut self, on: bool) -> Self {
+        self.crash_after_publish = on;
+        self
+    }
+
+    /// Claims up to one batch of committed rows, publishes them (confirmed), deletes them and
+    /// commits. Returns how many were published. Rows that can never be published (unknown
+    /// exchange, unroutable, undecodable) are marked failed with the error and skipped from
+    /// then on; connection errors leave every row for the next round.
+    pub async fn run_once(&self) -> Result<usize, QueueError> {
+        let mut tx = self.pool.begin().await.map_err(|e| db(&e))?;
+        let rows = sqlx::query(
+            "select seq, exchange, routing_key, envelope from arq_outbox where failed_at is null order by seq limit $1 for update skip locked",
+        )
+        .bind(self.batch)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| db(&e))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut batch = Vec::with_capacity(rows.len());
+        let mut failed: Vec<(i64, String)> = Vec::new();
+        for row in &rows {
+            let seq: i64 = row.try_get(0).map_err(|e| db(&e))?;
+            let exchange: String = row.try_get(1).map_err(|e| db(&e))?;
+            let routing_key: String = row.try_get(2).map_err(|e| db(&e))?;
+            let body: Vec<u8> = row.try_get(3).map_err(|e| db(&e))?;
+            match Envelope::decode(&body) {
+                Ok(envelope) => {
+                    seqs.push(seq);
+                    batch.push(Outgoing {
+                        exchange: exchange.into(),
+                        routing_key: routing_key.into(),
+                        envelope,
+                    });
+                }
+                Err(e) => failed.push((seq, e.to_string())),
+            }
+        }
+        let mut published = Vec::with_capacity(seqs.len());
+        match self.queue.publish_batch(batch.clone()).await {
+            Ok(()) => published = seqs,
+            Err(QueueError::Connection { .. } | QueueError::Closed) => {
+                // Transient: leave everything (the rollback releases the locks).
+                return Err(QueueError::Connection {
+                    backend: self.queue.backend().name(),
+                    reason: "publishing the outbox batch failed; the rows stay for the next round"
+                        .to_owned(),
+                });
+            }
+            Err(_) => {
+                // Something in the batch can never be published: find it row by row so one
+                // poison row does not block the outbox.
+                for (seq, o) in seqs.into_iter().zip(batch) {
+                    match self.queue.publish_batch(vec![o]).await {
+                        Ok(()) => published.push(seq),
+                        Err(e @ (QueueError::Connection { .. } | QueueError::Closed)) => {
+                            return Err(e);
+                        }
+                        Err(e) => failed.push((seq, e.to_string())),
+                    }
+                }
+            }
+        }
+        if self.crash_after_publish {
+            // Dropping the transaction rolls back: the rows stay, as after a crash.
+            drop(tx);
+            return Err(QueueError::Closed);
+        }
+        sqlx::query("delete from arq_outbox where seq = any($1)")
+            .bind(&published)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db(&e))?;
+        for (seq, error) in &failed {
+            tracing::warn!(seq, error = %error, "outbox row cannot be published; marking it failed");
+            sqlx::query("update arq_outbox set failed_at = now(), last_error = $2 where seq = $1")
+                .bind(seq)
+                .bind(error)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db(&e))?;
+        }
+        tx.commit().await.map_err(|e| db(&e))?;
+        Ok(published.len())
+    }
+
+    /// Relays until `shutdown` completes: full batches back to back, then a poll interval of
+    /// rest when the outbox is empty; errors are logged and retried with backoff.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<(), QueueError> {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let wait = match self.run_once().await {
+                Ok(n) if n as i64 >= self.batch => Duration::ZERO,
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    self.poll_interval
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay round failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// The outbox rows that could not be published, with their errors, oldest first.
+pub async fn failed_rows(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<(MessageId, String)>, QueueError> {
+    let rows = sqlx::query(
+        "select id, coalesce(last_error, '') from arq_outbox where failed_at is not null order by seq limit $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .map_err(|e| db(&e))?;
+    rows.iter()
+        .map(|r| {
+            let id: Uuid = r.try_get(0).map_err(|e| db(&e))?;
+            let err: String = r.try_get(1).map_err(|e| db(&e))?;
+            Ok((MessageId::from_uuid(id), err))
+        })
+        .collect()
+}

@@ -1,0 +1,1030 @@
+//! The Redis Streams backend (feature `redis`).
+//!
+//! # Layout
+//! For a work queue `q` under the key prefix `p`:
+//! - `p:q` — the stream, consumed by the consumer group `arq`; each entry has one field `e`
+//!   holding the envelope's JSON wire form;
+//! - `p:q.wait` — a sorted set of envelopes waiting for their retry, scored by due time (ms);
+//! - `p:q.dead` — the dead-letter stream, trimmed to the dead-letter TTL on every append
+//!   (`XADD … MINID ~ now-ttl`).
+//!
+//! Routing (topic exchanges and bindings) happens in the publisher from the declared topology;
+//! an unroutable publish is an error before anything is written. A batch is written with one
+//! pipelined round of `XADD`s; acknowledgements from concurrent handlers are batched into one
+//! `XACK` + `XDEL` round. Acked entries are deleted, so `XLEN` of the stream equals
+//! lag + pending, which is the depth reported.
+//!
+//! Retries, dead-lettering and promotion of due retries are Lua scripts, so each is atomic:
+//! a message is never both acknowledged and lost, or both retried and still pending.
+//! The reaper (`XAUTOCLAIM`) reclaims entries another consumer has held longer than the
+//! queue's visibility timeout: a consumer that died leaves its entries pending and a live one
+//! takes them over.
+//!
+//! # Durability
+//! Redis keeps the streams in memory. What survives a Redis restart depends on its
+//! persistence: with `appendonly yes` and `appendfsync everysec` (the recommended setting for
+//! queues) at most about one second of acknowledged publishes can be lost in a crash; with
+//! `appendfsync always` none, at a large throughput cost; with RDB snapshots only, everything
+//! since the last snapshot; with no persistence (as on the test machine), everything. A
+//! replica does not help by itself: replication is asynchronous (`WAIT` narrows the window).
+//! A client that loses its connection reconnects on the next command; publishes in flight when
+//! the connection broke return an error and should be retried (the message id makes the
+//! retry's duplicate detectable).
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, Script, Value};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
+use crate::envelope::{Envelope, Failure};
+use crate::error::QueueError;
+use crate::topology::{QueueConfig, Topology};
+
+const GROUP: &str = "arq";
+const BACKEND: &str = "redis";
+
+fn err(e: &redis::RedisError) -> QueueError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        QueueError::Connection {
+            backend: BACKEND,
+            reason: e.to_string(),
+        }
+    } else {
+        QueueError::Backend {
+            backend: BACKEND,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// One named, self-healing multiplexed connection: after an I/O error the next command
+/// reconnects. Written here (instead of using `ConnectionManager`) so every connection carries
+/// a `CLIENT SETNAME` that operators, and the fault tests, can find it by.
+#[derive(Debug)]
+struct Conn {
+    client: Client,
+    name: String,
+    response_timeout: Duration,
+    current: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Conn {
+    fn new(client: Client, name: String, response_timeout: Duration) -> Self {
+        Self {
+            client,
+            name,
+            response_timeout,
+            current: Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> Result<MultiplexedConnection, QueueError> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = &*current {
+            return Ok(c.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let mut c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| err(&e))?;
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&self.name)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| err(&e))?;
+        *current = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn broken(&self, e: &redis::RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+            *self.current.lock().await = None;
+        }
+    }
+
+    async fn cmd<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, QueueError> {
+        let mut c = self.get().await?;
+        match cmd.query_async::<T>(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.broken(&e).await;
+                Err(err(&e))
+            }
+        }
+    }
+
+    async fn pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, QueueError> {
+        let mut c = self.get().await?;
+        match pipe.query_async::<T>(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.broken(&e).await;
+                Err(err(&e))
+            }
+        }
+    }
+
+    async fn script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, QueueError> {
+        let mut c = self.get().await?;
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        match inv.invoke_async::<T>(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.broken(&e).await;
+                Err(err(&e))
+            }
+        }
+    }
+}
+
+/// KEYS: stream, wait zset. ARGV: group, entry id, delay ms, encoded envelope.
+const RETRY: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+return 1
+";
+
+/// KEYS: stream, dead stream. ARGV: group, entry id, ttl ms, encoded envelope.
+const DEAD: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local min = now - tonumber(ARGV[3])
+if min < 0 then min = 0 end
+redis.call('XADD', KEYS[2], 'MINID', '~', tostring(min), '*', 'e', ARGV[4])
+return 1
+";
+
+/// KEYS: wait zset, stream. ARGV: max to move. Moves due retries back to the stream.
+const PROMOTE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'e', m)
+  redis.call('ZREM', KEYS[1], m)
+end
+return #due
+";
+
+/// KEYS: stream. ARGV: group, entry id, encoded envelope. Puts a pending entry back as new.
+const RELEASE: &str = r"
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if n == 1 then
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  redis.call('XADD', KEYS[1], '*', 'e', ARGV[3])
+end
+return n
+";
+
+/// The Redis Streams backend. Clones share connections.
+///
+/// # Example
+/// ```no_run
+/// use arq_queue::{Queue, RedisBackend, Topology};
+///
+/// # async fn run() -> Result<(), arq_queue::QueueError> {
+/// let backend = RedisBackend::connect("redis://127.0.0.1:6379", "myservice").await?;
+/// let queue = Queue::new(backend, Topology::seed("app")).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: Client,
+    prefix: String,
+    conn: Conn,
+    topology: RwLock<Option<Arc<Topology>>>,
+    retry: Script,
+    dead: Script,
+    promote: Script,
+    release: Script,
+}
+
+impl Inner {
+    fn stream(&self, queue: &str) -> String {
+        format!("{}:{queue}", self.prefix)
+    }
+    fn wait(&self, queue: &str) -> String {
+        format!("{}:{queue}.wait", self.prefix)
+    }
+    fn dead_stream(&self, queue: &str) -> String {
+        format!("{}:{queue}.dead", self.prefix)
+    }
+    fn conn_name(&self) -> String {
+        // CLIENT SETNAME refuses spaces; the prefix is validated to be a plain token.
+        format!("arq-queue:{}", self.prefix)
+    }
+}
+
+impl RedisBackend {
+    /// Connects to `url`, keeping every key under `prefix` (letters, digits, `.`, `-`, `_`, `:`).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, QueueError> {
+        if prefix.is_empty()
+            || prefix.len() > 100
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        {
+            return Err(QueueError::Topology {
+                reason: format!(
+                    "the Redis key prefix {prefix:?} is invalid: use 1 to 100 letters, digits, '.', '-', '_' or ':'"
+                ),
+            });
+        }
+        let client = Client::open(url).map_err(|e| QueueError::Connection {
+            backend: BACKEND,
+            reason: format!("invalid Redis URL: {e}"),
+        })?;
+        let name = format!("arq-queue:{prefix}");
+        let conn = Conn::new(client.clone(), name, Duration::from_secs(10));
+        conn.get().await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                prefix: prefix.to_owned(),
+                conn,
+                topology: RwLock::new(None),
+                retry: Script::new(RETRY),
+                dead: Script::new(DEAD),
+                promote: Script::new(PROMOTE),
+                release: Script::new(RELEASE),
+            }),
+        })
+    }
+
+    /// The name every connection of this backend gives itself (`CLIENT SETNAME`).
+    pub fn client_name(&self) -> String {
+        self.inner.conn_name()
+    }
+
+    fn topology(&self) -> Result<Arc<Topology>, QueueError> {
+        self.inner
+            .topology
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| QueueError::Topology {
+                reason: "declare the topology before publishing".to_owned(),
+            })
+    }
+}
+
+impl Backend for RedisBackend {
+    type Consumer = RedisConsumer;
+
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn declare(&self, topology: &Topology) -> Result<(), QueueError> {
+        topology.validate()?;
+        for q in &topology.queues {
+            let r: Result<(), QueueError> = self
+                .inner
+                .conn
+                .cmd(
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(self.inner.stream(&q.name))
+                        .arg(GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM"),
+                )
+                .await;
+            match r {
+                Ok(()) => {}
+                Err(QueueError::Backend { reason, .. }) if reason.contains("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        *self
+            .inner
+            .topology
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(topology.clone()));
+        Ok(())
+    }
+
+    async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), QueueError> {
+        let topology = self.topology()?;
+        let mut pipe = redis::pipe();
+        let mut n = 0usize;
+        for o in &batch {
+            let queues = topology.route(&o.exchange, &o.routing_key)?;
+            let body = o.envelope.encode()?;
+            for q in queues {
+                pipe.cmd("XADD")
+                    .arg(self.inner.stream(q))
+                    .arg("*")
+                    .arg("e")
+                    .arg(&body)
+                    .ignore();
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.inner.conn.pipe::<()>(&pipe).await
+    }
+
+    async fn consume(&self, queue: &QueueConfig) -> Result<RedisConsumer, QueueError> {
+        let consumer_name = format!("c-{}", uuid::Uuid::now_v7().simple());
+        let reader = Conn::new(
+            self.inner.client.clone(),
+            self.inner.conn_name(),
+            Duration::from_secs(10),
+        );
+        reader.get().await?;
+        let prefetch = usize::from(queue.prefetch);
+        let (tx, rx) = mpsc::channel(prefetch);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let keys = Arc::new(Keys {
+            stream: self.inner.stream(&queue.name),
+            wait: self.inner.wait(&queue.name),
+            dead: self.inner.dead_stream(&queue.name),
+            dead_ttl_ms: u64::try_from(queue.dead_letter_ttl.as_millis()).unwrap_or(u64::MAX),
+        });
+        let ctx = ReaderCtx {
+            backend: self.clone(),
+            keys: keys.clone(),
+            consumer: consumer_name,
+            reader,
+            prefetch,
+            visibility_ms: u64::try_from(queue.visibility_timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let reader = tokio::spawn(read_loop(ctx, tx));
+        tokio::spawn(ack_loop(self.clone(), keys.clone(), ack_rx));
+        Ok(RedisConsumer {
+            backend: self.clone(),
+            keys,
+            rx,
+            ack_tx,
+            reader: Some(reader),
+        })
+    }
+
+    async fn stats(&self, queue: &QueueConfig) -> Result<QueueStats, QueueError> {
+        let stream = self.inner.stream(&queue.name);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XINFO").arg("GROUPS").arg(&stream);
+        pipe.cmd("XLEN").arg(&stream);
+        pipe.cmd("ZCARD").arg(self.inner.wait(&queue.name));
+        pipe.cmd("XLEN").arg(self.inner.dead_stream(&queue.name));
+        let (groups, len, waiting, dead): (Value, u64, u64, u64) =
+            self.inner.conn.pipe(&pipe).await?;
+        let pending = group_field(&groups, "pending")
+            .and_then(value_u64)
+            .unwrap_or(0);
+        // Acked entries are deleted, so the stream holds exactly the undelivered entries (the
+        // lag) and the pending ones: lag = XLEN - pending. Redis's own `lag` field is not used:
+        // it counts from `entries-added`, which deleting an undelivered entry (purge) does not
+        // decrease, and it is nil after some deletions.
+        let ready = len.saturating_sub(pending);
+        Ok(QueueStats {
+            ready,
+            unacked: pending,
+            waiting_retry: waiting,
+            dead,
+        })
+    }
+
+    async fn peek_dead(
+        &self,
+        queue: &QueueConfig,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, QueueError> {
+        let entries: Value = self
+            .inner
+            .conn
+            .cmd(
+                redis::cmd("XRANGE")
+                    .arg(self.inner.dead_stream(&queue.name))
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        parse_entries(&entries)
+            .into_iter()
+            .map(|(_, body)| Envelope::decode(&body))
+            .collect()
+    }
+
+    async fn requeue_dead(&self, queue: &QueueConfig, limit: usize) -> Result<usize, QueueError> {
+        let dead = self.inner.dead_stream(&queue.name);
+        let entries: Value = self
+            .inner
+            .conn
+            .cmd(
+                redis::cmd("XRANGE")
+                    .arg(&dead)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        let entries = parse_entries(&entries);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (id, body) in &entries {
+            let body = match Envelope::decode(body) {
+                Ok(mut env) => {
+                    env.attempt = 1;
+                    env.encode()?
+                }
+                // Keep what we cannot parse as it is; the worker will dead-letter it again.
+                Err(_) => body.clone(),
+            };
+            pipe.cmd("XADD")
+                .arg(self.inner.stream(&queue.name))
+                .arg("*")
+                .arg("e")
+                .arg(body)
+                .ignore();
+            pipe.cmd("XDEL").arg(&dead).arg(id).ignore();
+        }
+        if !entries.is_empty() {
+            self.inner.conn.pipe::<()>(&pipe).await?;
+        }
+        Ok(entries.len())
+    }
+
+    async fn purge(&self, queue: &QueueConfig) -> Result<u64, QueueError> {
+        let stream = self.inner.stream(&queue.name);
+        let groups: Value = self
+            .inner
+            .conn
+            .cmd(redis::cmd("XINFO").arg("GROUPS").arg(&stream))
+            .await?;
+        let Some(mut last) = group_field(&groups, "last-delivered-id").and_then(value_string)
+        else {
+            return Ok(0);
+        };
+        let mut removed = 0u64;
+        loop {
+            let entries: Value = self
+                .inner
+                .conn
+                .cmd(
+                    redis::cmd("XRANGE")
+                        .arg(&stream)
+                        .arg(format!("({last}"))
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            let ids: Vec<String> = parse_entries(&entries)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            let Some(tail) = ids.last().cloned() else {
+                break;
+            };
+            let n: u64 = self
+                .inner
+                .conn
+                .cmd(redis::cmd("XDEL").arg(&stream).arg(&ids))
+                .await?;
+            removed += n;
+            last = tail;
+        }
+        Ok(removed)
+    }
+
+    async fn purge_dead(&self, queue: &QueueConfig) -> Result<u64, QueueError> {
+        let dead = self.inner.dead_stream(&queue.name);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XLEN").arg(&dead);
+        pipe.cmd("DEL").arg(&dead).ignore();
+        let (n,): (u64,) = self.inner.conn.pipe(&pipe).await?;
+        Ok(n)
+    }
+}
+
+#[derive(Debug)]
+struct Keys {
+    stream: String,
+    wait: String,
+    dead: String,
+    dead_ttl_ms: u64,
+}
+
+struct ReaderCtx {
+    backend: RedisBackend,
+    keys: Arc<Keys>,
+    consumer: String,
+    reader: Conn,
+    prefetch: usize,
+    visibility_ms: u64,
+}
+
+type Entry = (String, Vec<u8>);
+
+/// Reads new entries (blocking on its own connection, so publishes and acks on the shared
+/// connection never wait behind it), promotes due retries, and reaps stuck entries.
+async fn read_loop(ctx: ReaderCtx, tx: mpsc::Sender<Result<Entry, QueueError>>) {
+    let inner = &ctx.backend.inner;
+    let reap_every = Duration::from_millis((ctx.visibility_ms / 2).clamp(100, 30_000));
+    let mut last_reap = tokio::time::Instant::now();
+    let mut reap_cursor = "0-0".to_owned();
+    let mut backoff = Duration::from_millis(50);
+    while !tx.is_closed() {
+        // Move due retries back into the stream (any consumer may do it; the script is atomic).
+        if let Err(e) = inner
+            .conn
+            .script::<u64>(
+                &inner.promote,
+                &[&ctx.keys.wait, &ctx.keys.stream],
+                &[b"100"],
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "promoting due retries failed");
+        }
+        let room = tx.capacity().max(1).min(ctx.prefetch);
+        let mut entries: Vec<Entry> = Vec::new();
+        if last_reap.elapsed() >= reap_every {
+            last_reap = tokio::time::Instant::now();
+            match inner
+                .conn
+                .cmd::<Value>(
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&ctx.keys.stream)
+                        .arg(GROUP)
+                        .arg(&ctx.consumer)
+                        .arg(ctx.visibility_ms)
+                        .arg(&reap_cursor)
+                        .arg("COUNT")
+                        .arg(room),
+                )
+                .await
+            {
+                Ok(v) => {
+                    if let Value::Array(parts) = &v {
+                        if let Some(next) = parts.first().and_then(value_string) {
+                            reap_cursor = next;
+                        }
+                        if let Some(claimed) = parts.get(1) {
+                            entries = parse_entries(claimed);
+                        }
+                    }
+                    if !entries.is_empty() {
+                        tracing::info!(stream = %ctx.keys.stream, reclaimed = entries.len(), "reaper reclaimed stuck entries");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "XAUTOCLAIM failed"),
+            }
+        }
+        if entries.is_empty() {
+            let r = ctx
+                .reader
+                .cmd::<Value>(
+                    redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg(GROUP)
+                        .arg(&ctx.consumer)
+                        .arg("COUNT")
+                        .arg(room)
+                        .arg("BLOCK")
+                        .arg(100)
+                        .arg("STREAMS")
+                        .arg(&ctx.keys.stream)
+                        .arg(">"),
+                )
+                .await;
+            match r {
+                Ok(v) => {
+                    backoff = Duration::from_millis(50);
+                    entries = parse_read_reply(&v);
+                }
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
+        let mut entries = entries.into_iter();
+        while let Some(entry) = entries.next() {
+            if let Err(mpsc::error::SendError(Ok(entry))) = tx.send(Ok(entry)).await {
+                // The consumer went away while we were reading: put back what it will never
+                // see, so it does not wait for the visibility timeout.
+                release(
+                    &ctx.backend,
+                    &ctx.keys,
+                    std::iter::once(entry).chain(entries),
+                )
+                .await;
+                return;
+            }
+        }
+    }
+}
+
+async fn release(backend: &RedisBackend, keys: &Keys, entries: impl IntoIterator<Item = Entry>) {
+    for (id, body) in entries {
+        let r = backend
+            .inner
+            .conn
+            .script::<u64>(
+                &backend.inner.release,
+                &[&keys.stream],
+                &[GROUP.as_bytes(), id.as_bytes(), &body],
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "releasing an unstarted entry failed; the reaper will reclaim it");
+        }
+    }
+}
+
+struct AckRequest {
+    id: String,
+    done: oneshot::Sender<Result<(), QueueError>>,
+}
+
+/// Acknowledges in batches: every ack that arrived while the previous round trip was in
+/// flight goes out in one `XACK` + `XDEL` pipeline.
+async fn ack_loop(
+    backend: RedisBackend,
+    keys: Arc<Keys>,
+    mut rx: mpsc::UnboundedReceiver<AckRequest>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let ids: Vec<&str> = batch.iter().map(|a| a.id.as_str()).collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(&keys.stream)
+            .arg(GROUP)
+            .arg(&ids)
+            .ignore();
+        pipe.cmd("XDEL").arg(&keys.stream).arg(&ids).ignore();
+        let r = backend.inner.conn.pipe::<()>(&pipe).await;
+        for a in batch.drain(..) {
+            let _ = a.done.send(match &r {
+                Ok(()) => Ok(()),
+                Err(e) => Err(QueueError::Connection {
+                    backend: BACKEND,
+                    reason: e.to_string(),
+                }),
+            });
+        }
+    }
+}
+
+/// A consumer of one Redis stream. Entries it read but did not hand out are put back as new
+/// entries when it is dropped.
+#[derive(Debug)]
+pub struct RedisConsumer {
+    backend: RedisBackend,
+    keys: Arc<Keys>,
+    rx: mpsc::Receiver<Result<Entry, QueueError>>,
+    ack_tx: mpsc::UnboundedSender<AckRequest>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RedisConsumer {
+    fn take_buffered(&mut self) -> Vec<Entry> {
+        self.rx.close();
+        let mut left = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(entry) = item {
+                left.push(entry);
+            }
+        }
+        left
+    }
+}
+
+impl Drop for RedisConsumer {
+    fn drop(&mut self) {
+        let left = self.take_buffered();
+        if left.is_empty() {
+            return;
+        }
+        let backend = self.backend.clone();
+        let keys = self.keys.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { release(&backend, &keys, left).await });
+        }
+    }
+}
+
+impl Consumer for RedisConsumer {
+    type Delivery = RedisDelivery;
+
+    async fn close(mut self) {
+        // The reader finishes its current (short, 100 ms) blocking read and puts back what it
+        // read after the channel closed; then we put back what was buffered.
+        self.rx.close();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.await;
+        }
+        let left = self.take_buffered();
+        release(&self.backend, &self.keys, left).await;
+    }
+
+    async fn next(&mut self) -> Option<Result<RedisDelivery, QueueError>> {
+        loop {
+            let (id, body) = match self.rx.recv().await? {
+                Ok(e) => e,
+                Err(e) => return Some(Err(e)),
+            };
+            match Envelope::decode(&body) {
+                Ok(envelope) => {
+                    return Some(Ok(RedisDelivery {
+                        backend: self.backend.clone(),
+                        keys: self.keys.clone(),
+                        id,
+                        envelope,
+                        ack_tx: self.ack_tx.clone(),
+                    }));
+                }
+                Err(e) => {
+                    // Poison at the envelope level: no handler can run it. Dead-letter the raw
+                    // body so nothing is lost and the stream is not blocked.
+                    tracing::warn!(error = %e, entry = %id, "undecodable stream entry; dead-lettering it");
+                    let r = self
+                        .backend
+                        .inner
+                        .conn
+                        .script::<u64>(
+                            &self.backend.inner.dead,
+                            &[&self.keys.stream, &self.keys.dead],
+                            &[
+                                GROUP.as_bytes(),
+                                id.as_bytes(),
+                                self.keys.dead_ttl_ms.to_string().as_bytes(),
+                                &body,
+                            ],
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One stream entry being handled. Dropped unsettled, it stays pending until the reaper of a
+/// live consumer reclaims it after the visibility timeout.
+#[derive(Debug)]
+pub struct RedisDelivery {
+    backend: RedisBackend,
+    keys: Arc<Keys>,
+    id: String,
+    envelope: Envelope,
+    ack_tx: mpsc::UnboundedSender<AckRequest>,
+}
+
+impl RedisDelivery {
+    /// The stream entry id.
+    pub fn entry_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Delivery for RedisDelivery {
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    async fn ack(self) -> Result<(), QueueError> {
+        let (done, wait) = oneshot::channel();
+        self.ack_tx
+            .send(AckRequest { id: self.id, done })
+            .map_err(|_| QueueError::Closed)?;
+        wait.await.map_err(|_| QueueError::Closed)?
+    }
+
+    async fn retry(self, failure: Failure, delay: Duration) -> Result<(), QueueError> {
+        let mut env = self.envelope;
+        env.failures.push(failure);
+        env.attempt = env.attempt.saturating_add(1);
+        let body = env.encode()?;
+        let delay_ms = u64::try_from(delay.as_millis())
+            .unwrap_or(u64::MAX)
+            .to_string();
+        self.backend
+            .inner
+            .conn
+            .script::<u64>(
+                &self.backend.inner.retry,
+                &[&self.keys.stream, &self.keys.wait],
+                &[
+                    GROUP.as_bytes(),
+                    self.id.as_bytes(),
+                    delay_ms.as_bytes(),
+                    &body,
+                ],
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn dead_letter(self, failure: Failure) -> Result<(), QueueError> {
+        let mut env = self.envelope;
+        env.failures.push(failure);
+        let body = env.encode()?;
+        let ttl = self.keys.dead_ttl_ms.to_string();
+        self.backend
+            .inner
+            .conn
+            .script::<u64>(
+                &self.backend.inner.dead,
+                &[&self.keys.stream, &self.keys.dead],
+                &[GROUP.as_bytes(), self.id.as_bytes(), ttl.as_bytes(), &body],
+            )
+            .await
+            .map(drop)
+    }
+}
+
+fn value_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn value_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => value_string(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+/// `[[id, [field, value, …]], …]` → (id, value of field `e`). Entries without `e` (deleted
+/// or foreign) are skipped.
+fn parse_entries(v: &Value) -> Vec<Entry> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else {
+                return None;
+            };
+            let id = value_string(pair.first()?)?;
+            let Value::Array(fields) = pair.get(1)? else {
+                return None;
+            };
+            fields.chunks_exact(2).find_map(|kv| {
+                let is_e = matches!(&kv[0], Value::BulkString(k) if k == b"e");
+                match (&kv[1], is_e) {
+                    (Value::BulkString(body), true) => Some((id.clone(), body.clone())),
+                    _ => None,
+                }
+            })
+        })
+        .collect()
+}
+
+/// `XREADGROUP` reply: nil, or `[[stream, entries]]` (RESP2) / a map (RESP3).
+fn parse_read_reply(v: &Value) -> Vec<Entry> {
+    match v {
+        Value::Array(streams) => streams
+            .iter()
+            .flat_map(|s| match s {
+                Value::Array(pair) => pair.get(1).map(parse_entries).unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect(),
+        Value::Map(m) => m.iter().flat_map(|(_, e)| parse_entries(e)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn group_field<'a>(groups: &'a Value, field: &str) -> Option<&'a Value> {
+    let Value::Array(list) = groups else {
+        return None;
+    };
+    for g in list {
+        let pairs: Vec<(&Value, &Value)> = match g {
+            Value::Array(flat) => flat.chunks_exact(2).map(|c| (&c[0], &c[1])).collect(),
+            Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+            _ => continue,
+        };
+        let is_ours = pairs.iter().any(|(k, v)| {
+            value_string(k).as_deref() == Some("name") && value_string(v).as_deref() == Some(GROUP)
+        });
+        if is_ours {
+            return pairs
+                .into_iter()
+                .find(|(k, _)| value_string(k).as_deref() == Some(field))
+                .map(|(_, v)| v);
+        }
+    }
+    None
+}
+
+/// An [`IdempotencyStore`](crate::IdempotencyStore) shared by every worker using the same Redis
+/// and key prefix: handled message ids are kept as `prefix:idem:<id>` keys for `ttl`.
+///
+/// # Example
+/// ```no_run
+/// use std::time::Duration;
+/// use arq_queue::redis_streams::RedisIdempotency;
+/// # async fn demo(backend: arq_queue::RedisBackend, queue: arq_queue::Queue<arq_queue::RedisBackend>) {
+/// let worker = arq_queue::Worker::new(queue)
+///     .idempotency(RedisIdempotency::new(&backend, Duration::from_secs(7 * 24 * 3600)));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisIdempotency {
+    backend: RedisBackend,
+    ttl_ms: u64,
+}
+
+impl RedisIdempotency {
+    /// A store on `backend`'s connection and key prefix, remembering ids for `ttl` (keep it
+    /// longer than a message can be redelivered: retries plus the dead-letter TTL).
+    pub fn new(backend: &RedisBackend, ttl: Duration) -> Self {
+        Self {
+            backend: backend.clone(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+        }
+    }
+
+    fn key(&self, id: crate::MessageId) -> String {
+        format!("{}:idem:{id}", self.backend.inner.prefix)
+    }
+}
+
+impl crate::IdempotencyStore for RedisIdempotency {
+    fn seen(
+        &self,
+        id: crate::MessageId,
+    ) -> futures::future::BoxFuture<'_, Result<bool, QueueError>> {
+        Box::pin(async move {
+            let n: u64 = self
+                .backend
+                .inner
+                .conn
+                .cmd(redis::cmd("EXISTS").arg(self.key(id)))
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
+    fn record(
+        &self,
+        id: crate::MessageId,
+    ) -> futures::future::BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            self.backend
+                .inner
+                .conn
+                .cmd::<()>(
+                    redis::cmd("SET")
+                        .arg(self.key(id))
+                        .arg(1)
+                        .arg("PX")
+                        .arg(self.ttl_ms),
+                )
+                .await
+        })
+    }
+}

@@ -1,1 +1,0 @@
-//! Field-level encryption (in progress).
