@@ -385,7 +385,6 @@ fn list_rules_and_explain_come_from_the_registry() {
         assert!(list.contains(r.id), "{}", r.id);
     }
     assert!(list.contains("policy-type-check"));
-    assert!(list.contains("not available in this build"));
     insta::assert_snapshot!("list_rules", list);
     let o = arq(tmp.path(), &["check", "--explain", "migrations-rls-forced"]);
     assert_eq!(o.status.code(), Some(0));

@@ -456,6 +456,40 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
         &[("arq.toml", "prefetch = 10", "prefetch = 0")],
     ),
     (
+        "policy-type-check",
+        &[],
+        &[(
+            "services/tasks/policies/projects.yaml",
+            "principal.department == resource.department",
+            "principal.department == resource.budget",
+        )],
+    ),
+    (
+        "policy-cost-budget",
+        &[],
+        &[
+            (
+                "services/tasks/policies/projects.yaml",
+                "    department: string\nrules:",
+                "    department: string\n    tags: { type: list(string), max_size: 1000 }\nrules:",
+            ),
+            (
+                "services/tasks/policies/projects.yaml",
+                "principal.department == resource.department",
+                "resource.tags.all(a, resource.tags.all(b, resource.tags.all(c, resource.tags.exists(d, a + b + c + d == principal.department))))",
+            ),
+        ],
+    ),
+    (
+        "policy-tests",
+        &[],
+        &[(
+            "services/tasks/policies/tests/projects.yaml",
+            "department: sales }\n    expect: deny",
+            "department: sales }\n    expect: allow",
+        )],
+    ),
+    (
         "check-config",
         &["migrations-security-definer"],
         &[("arq.toml", "[check]\n", "[check]\nbogus = 1\n")],

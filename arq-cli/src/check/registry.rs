@@ -99,11 +99,6 @@ impl Rule {
         self.input_error = true;
         self
     }
-
-    pub(crate) const fn unavailable(mut self, why: &'static str) -> Self {
-        self.unavailable = Some(why);
-        self
-    }
 }
 
 /// Every rule, grouped by domain in a fixed order.

@@ -23,6 +23,7 @@ pub(crate) fn run_all(ctx: &Ctx, out: &mut Vec<Finding>) {
     kubernetes::check(ctx, out);
     docker::check(ctx, out);
     queues::check(ctx, out);
+    policy::check(ctx, out);
 }
 
 /// Service config files: `<service dir>/config/*.toml`, with the service name.
