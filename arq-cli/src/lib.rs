@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use anstyle::{AnsiColor, Style};
 use clap::{Args, Parser, Subcommand};
 
+pub mod check;
 pub mod generate;
 pub mod manifest;
 pub mod names;
@@ -73,6 +74,11 @@ pub enum Command {
     /// Generate something new.
     #[command(subcommand)]
     New(NewCommand),
+    /// Check a platform (or service) for problems: the CI gate.
+    #[command(
+        after_help = "Examples:\n  arq check\n  arq check --format sarif > arq.sarif\n  arq check --list-rules\n  arq check --explain migrations-rls-forced\n  arq check --write-baseline .arq/check-baseline.json\n  arq check --baseline .arq/check-baseline.json --fail-on warning\n  arq check --live --database-url postgres://arq_owner@127.0.0.1/acme"
+    )]
+    Check(CheckArgs),
     /// Print shell completions for `arq`.
     #[command(after_help = "Example:\n  arq completions bash > /etc/bash_completion.d/arq")]
     Completions {
@@ -168,10 +174,52 @@ pub struct NewServiceArgs {
     pub gen_args: GenArgs,
 }
 
+/// `arq check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The platform (or service) directory (default: the nearest arq.toml above the current
+    /// directory, else the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: check::output::Format,
+    /// The lowest severity that fails the run (exit 1).
+    #[arg(long, value_enum, default_value = "error")]
+    pub fail_on: check::Severity,
+    /// Report only findings that are not in this baseline file.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Write today's findings to this baseline file (and exit 0).
+    #[arg(long, value_name = "FILE", conflicts_with = "baseline")]
+    pub write_baseline: Option<PathBuf>,
+    /// Also audit a live database with arq-tenancy's audit.
+    #[arg(long)]
+    pub live: bool,
+    /// The database for --live (default: $DATABASE_URL).
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The runtime role --live audits.
+    #[arg(long, value_name = "ROLE", default_value = "arq_app")]
+    pub runtime_role: String,
+    /// List every rule and exit.
+    #[arg(long, exclusive = true)]
+    pub list_rules: bool,
+    /// Explain one rule and exit.
+    #[arg(long, value_name = "RULE", exclusive = true)]
+    pub explain: Option<String>,
+}
+
 /// A failure to report: the message, and whether it is the user's to fix (exit 2 either way).
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct CliError(#[from] GenerateError);
+
+impl From<check::CheckError> for CliError {
+    fn from(e: check::CheckError) -> Self {
+        Self(GenerateError::Usage(e.to_string()))
+    }
+}
 
 impl From<names::NameError> for CliError {
     fn from(e: names::NameError) -> Self {
@@ -276,12 +324,72 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, CliError> {
             let generated = generate::plan_new_service(root.as_deref(), &cwd, &opts, &t)?;
             finish(&generated, &t, &args.gen_args, out)
         }
+        Command::Check(args) => run_check(&args, out),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "arq", out);
             Ok(EXIT_OK)
         }
     }
+}
+
+fn run_check(args: &CheckArgs, out: &mut dyn Write) -> Result<u8, CliError> {
+    let io =
+        |e: std::io::Error| CliError(GenerateError::Usage(format!("cannot write output: {e}")));
+    if args.list_rules {
+        write!(out, "{}", check::registry::list()).map_err(io)?;
+        return Ok(EXIT_OK);
+    }
+    if let Some(id) = &args.explain {
+        let rule = check::registry::find(id).ok_or_else(|| {
+            GenerateError::Usage(format!(
+                "unknown rule {id:?}; `arq check --list-rules` lists them"
+            ))
+        })?;
+        write!(out, "{}", check::registry::explain(rule)).map_err(io)?;
+        return Ok(EXIT_OK);
+    }
+    let root = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| {
+                GenerateError::Usage(format!("cannot read the current directory: {e}"))
+            })?;
+            manifest::find_platform_root(&cwd).unwrap_or(cwd)
+        }
+    };
+    let database_url = if args.live {
+        Some(args.database_url.clone().ok_or_else(|| {
+            GenerateError::Usage(
+                "--live needs a database: pass --database-url or set DATABASE_URL".to_owned(),
+            )
+        })?)
+    } else {
+        None
+    };
+    let opts = check::CheckOptions {
+        baseline: args.baseline.clone(),
+        database_url,
+        runtime_role: Some(args.runtime_role.clone()),
+    };
+    let report = check::run(&root, &opts)?;
+    if let Some(path) = &args.write_baseline {
+        check::baseline::write(path, &report.findings)?;
+        writeln!(
+            out,
+            "wrote {} finding(s) to the baseline {}",
+            report.findings.len(),
+            path.display()
+        )
+        .map_err(io)?;
+        return Ok(if report.has_input_errors() {
+            EXIT_ERROR
+        } else {
+            EXIT_OK
+        });
+    }
+    write!(out, "{}", check::output::render(&report, args.format)).map_err(io)?;
+    Ok(report.exit_code(args.fail_on))
 }
 
 fn finish(
