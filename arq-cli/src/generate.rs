@@ -111,6 +111,8 @@ pub fn plan_init(opts: &InitOptions, templates: &Templates) -> Result<Generated,
                 prefix: "/api/v1".to_owned(),
             },
             services: Default::default(),
+            queues: None,
+            check: None,
         },
     };
     let mut plan = Plan::new(dir)?;
@@ -260,6 +262,8 @@ fn plan_standalone(
             prefix: String::new(),
         },
         services: Default::default(),
+        queues: None,
+        check: None,
     };
     let mut ctx_struct = context_struct(&manifest, Some((name, &entry)));
     ctx_struct.standalone = true;

@@ -16,7 +16,7 @@ pub const MANIFEST_FILE: &str = "arq.toml";
 pub const FIRST_SERVICE_PORT: u16 = 3001;
 
 /// The platform manifest, as typed values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// The platform itself.
@@ -29,6 +29,12 @@ pub struct Manifest {
     /// The services, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceEntry>,
+    /// Queue declarations (`[queues.NAME]`), read by `arq check`; kept opaque here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<toml::Value>,
+    /// `arq check` configuration (`[check]`), read by the checker; kept opaque here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<toml::Value>,
 }
 
 /// `[platform]`.
