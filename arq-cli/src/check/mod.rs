@@ -6,7 +6,7 @@
 //! contains a hyphen, so the first hyphen separates it, and the id is valid inside a Kubernetes
 //! annotation key (`arq.dev/check-ignore.migrations-rls-forced`), a SQL comment and TOML.
 //!
-//! A run reads the platform once into a [`Ctx`], lets every domain add [`Finding`]s, applies
+//! A run reads the platform once into a `Ctx`, lets every domain add [`Finding`]s, applies
 //! suppressions (each in its artifact's own syntax, each with a reason), the `[check]` severity
 //! overrides and the baseline, and returns a [`Report`]. Findings of rules marked
 //! [`Rule::input_error`] mean the checker could not read an input; they make the exit code 2.
