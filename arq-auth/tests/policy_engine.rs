@@ -420,10 +420,18 @@ fn concurrent_decisions_during_reloads_see_a_whole_set() {
     std::fs::write(&path, GOOD).unwrap();
     let store = PolicyStore::open(&path).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Per-reader progress, so the reloads keep going until every reader has decided while they
+    // happen: on a busy machine a reader thread may not be scheduled before 20 reloads finish.
+    let progress: Arc<Vec<std::sync::atomic::AtomicUsize>> = Arc::new(
+        (0..4)
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect(),
+    );
     let readers: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|id| {
             let store = store.clone();
             let stop = stop.clone();
+            let progress = progress.clone();
             std::thread::spawn(move || {
                 let admin = attrs(&[("role", s("admin"))]);
                 let user = attrs(&[("role", s("user"))]);
@@ -438,14 +446,27 @@ fn concurrent_decisions_during_reloads_see_a_whole_set() {
                         .allowed();
                     assert!(a != u, "exactly one of the two sets' rules applies");
                     n += 1;
+                    progress[id].store(n, std::sync::atomic::Ordering::Relaxed);
                 }
                 n
             })
         })
         .collect();
-    for i in 0..20 {
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while i < 20
+        || progress
+            .iter()
+            .any(|p| p.load(std::sync::atomic::Ordering::Relaxed) < 2)
+    {
         std::fs::write(&path, if i % 2 == 0 { GOOD2 } else { GOOD }).unwrap();
         store.reload().unwrap();
+        i += 1;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "reader threads made no progress in 60 s"
+        );
+        std::thread::yield_now();
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for r in readers {
