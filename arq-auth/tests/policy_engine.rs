@@ -463,7 +463,7 @@ fn concurrent_decisions_during_reloads_see_a_whole_set() {
         store.reload().unwrap();
         i += 1;
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(60),
             "reader threads made no progress in 60 s"
         );
         std::thread::yield_now();
