@@ -3,91 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::result_large_err)] // test helpers
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arq_auth::cel::{Key, MapValue, Value};
+use arq_auth::cel::Value;
 use arq_auth::policy::{
-    AttrKey, AttrValue, AttributeSource, MapAttributes, NoAttributes, PolicyError,
-    PolicyGuardLayer, PolicySet, PolicyStore, RbacVerdict, Reason, run_policy_tests,
-    run_policy_tests_in,
+    MapAttributes, NoAttributes, PolicyError, PolicyGuardLayer, PolicySet, PolicyStore,
+    RbacVerdict, Reason, run_policy_tests, run_policy_tests_in,
 };
 
-const SCHEMA: &str = r#"
-schema:
-  principal:
-    role: string
-    department: string
-    region: string
-    costCenters: { type: list(string), max_size: 8 }
-    clearance: int
-    tags: { type: list(string), max_size: 100 }
-  resource:
-    department: string
-    costCenter: string
-    archived: bool
-    owner: string
-  request:
-    region: string
-"#;
-
-fn set(rules: &str) -> Result<PolicySet, PolicyError> {
-    PolicySet::from_yaml("test.yaml", &format!("{SCHEMA}rules:\n{rules}"))
-}
-
-fn attrs(pairs: &[(&str, Value)]) -> MapAttributes {
-    let mut m = MapValue::new();
-    for (k, v) in pairs {
-        m.insert(Key::String(Arc::from(*k)), v.clone());
-    }
-    MapAttributes::new(m)
-}
-
-fn s(v: &str) -> Value {
-    Value::string(v)
-}
-
-fn list(v: &[&str]) -> Value {
-    Value::list(v.iter().map(|x| s(x)).collect())
-}
-
-#[derive(Clone)]
-struct User {
-    role: String,
-    department: String,
-    region: String,
-    cost_centers: Vec<String>,
-}
-
-impl AttributeSource for User {
-    fn attribute(&self, key: AttrKey<'_>) -> Option<AttrValue<'_>> {
-        Some(match key.name() {
-            "role" => AttrValue::Str(&self.role),
-            "department" => AttrValue::Str(&self.department),
-            "region" => AttrValue::Str(&self.region),
-            "costCenters" => AttrValue::StrList(&self.cost_centers),
-            _ => return None,
-        })
-    }
-    fn entity_id(&self) -> Option<&str> {
-        Some("user-1")
-    }
-}
-
-const TYPICAL: &str = r#"  - id: project-write
-    effect: allow
-    actions: ["write:project"]
-    condition: principal.role in ["admin","manager","member"] && principal.department == resource.department && principal.region == request.region && resource.costCenter in principal.costCenters
-"#;
-
-fn user() -> User {
-    User {
-        role: "member".into(),
-        department: "eng".into(),
-        region: "eu".into(),
-        cost_centers: (1..=8).map(|i| format!("cc{i}")).collect(),
-    }
-}
+mod support;
+use support::policy::*;
 
 #[test]
 fn typical_policy_allows_and_denies_with_rule_ids() {
@@ -494,55 +420,6 @@ async fn watcher_reloads_a_changed_file() {
     let user = attrs(&[("role", s("user"))]);
     assert!(store.authorize(&user, "a", &NoAttributes).allowed());
     watcher.abort();
-}
-
-#[derive(Default, Clone)]
-struct Captured(Arc<Mutex<Vec<String>>>);
-
-struct Visitor<'a>(&'a mut String);
-impl tracing::field::Visit for Visitor<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!("{}={:?} ", field.name(), value));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.push_str(&format!("{}={} ", field.name(), value));
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() == "arq::audit" {
-            let mut line = String::new();
-            event.record(&mut Visitor(&mut line));
-            self.0.lock().unwrap().push(line);
-        }
-    }
-}
-
-#[test]
-fn each_decision_emits_an_audit_event() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(captured.clone());
-    let set = Arc::new(set(TYPICAL).unwrap());
-    let res = attrs(&[("department", s("eng")), ("costCenter", s("cc5"))]).with_id("proj-7");
-    let req = attrs(&[("region", s("eu"))]);
-    let d = tracing::subscriber::with_default(subscriber, || {
-        set.decide(&user(), "write:project", &res, &req)
-    });
-    let events = captured.0.lock().unwrap();
-    assert_eq!(events.len(), 1);
-    let e = &events[0];
-    for want in [
-        format!("decision_id={}", d.id()),
-        "principal=user-1".to_owned(),
-        "action=write:project".to_owned(),
-        "resource_id=proj-7".to_owned(),
-        "outcome=allow".to_owned(),
-        "rules=project-write".to_owned(),
-    ] {
-        assert!(e.contains(&want), "{want} missing from {e}");
-    }
 }
 
 #[tokio::test]
