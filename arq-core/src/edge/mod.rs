@@ -114,16 +114,46 @@ impl std::fmt::Debug for EdgeStack {
     }
 }
 
-fn slot<L>(layer: L) -> Slot
-where
-    L: Layer<SlotService> + Send + Sync + 'static,
-    L::Service: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+/// A tower layer that can fill one of the edge stack's slots (per-IP limit, authentication,
+/// tenant resolution, per-principal limit): it wraps a [`SlotService`] in a cloneable,
+/// thread-safe service that answers every request. Implemented for every such layer.
+pub trait SlotLayer:
+    Layer<
+        SlotService,
+        Service: Service<
+            Request<Body>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+                     + Send
+                     + Sync
+                     + 'static,
+    > + Send
+    + Sync
+    + 'static
 {
+}
+
+impl<L> SlotLayer for L where
+    L: Layer<
+            SlotService,
+            Service: Service<
+                Request<Body>,
+                Response = Response,
+                Error = Infallible,
+                Future: Send + 'static,
+            > + Clone
+                         + Send
+                         + Sync
+                         + 'static,
+        > + Send
+        + Sync
+        + 'static
+{
+}
+
+fn slot(layer: impl SlotLayer) -> Slot {
     Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner)))
 }
 
@@ -165,63 +195,27 @@ impl EdgeStack {
     }
 
     /// The coarse per-IP limit slot (layer 8).
-    pub fn per_ip_limit<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<SlotService> + Send + Sync + 'static,
-        L::Service: Service<Request<Body>, Response = Response, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
-    {
+    pub fn per_ip_limit(mut self, layer: impl SlotLayer) -> Self {
         self.per_ip_limit = Some(slot(layer));
         self
     }
 
     /// The authentication slot (layer 9): inserts the caller's identity (a
     /// [`CallerIdentity`](crate::CallerIdentity)) or rejects with a 401 problem.
-    pub fn authentication<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<SlotService> + Send + Sync + 'static,
-        L::Service: Service<Request<Body>, Response = Response, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
-    {
+    pub fn authentication(mut self, layer: impl SlotLayer) -> Self {
         self.authentication = Some(slot(layer));
         self
     }
 
     /// The tenant-resolution slot (layer 10): inserts the request's
     /// [`TenantId`](crate::TenantId); call [`crate::telemetry::record_tenant`] to log it.
-    pub fn tenant_resolution<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<SlotService> + Send + Sync + 'static,
-        L::Service: Service<Request<Body>, Response = Response, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
-    {
+    pub fn tenant_resolution(mut self, layer: impl SlotLayer) -> Self {
         self.tenant_resolution = Some(slot(layer));
         self
     }
 
     /// The per-principal limit slot (layer 11).
-    pub fn per_principal_limit<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<SlotService> + Send + Sync + 'static,
-        L::Service: Service<Request<Body>, Response = Response, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
-    {
+    pub fn per_principal_limit(mut self, layer: impl SlotLayer) -> Self {
         self.per_principal_limit = Some(slot(layer));
         self
     }
