@@ -39,6 +39,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `cache` | [`cache`]: a two-tier (moka + Redis) tenant-scoped cache |
+//! | `gateway` | [`gateway`]: the API gateway (routing, proxying, per-upstream resilience) |
 //! | `testing` | [`testing`]: helpers for tests that need PostgreSQL, Redis or RabbitMQ |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -49,6 +50,9 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod edge;
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
+pub mod gateway;
 pub mod health;
 mod identity;
 pub mod metrics;

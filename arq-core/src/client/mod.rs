@@ -148,6 +148,18 @@ fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The client TLS configuration outbound calls use unless told otherwise: ring, the safe
+/// protocol versions and the public web roots.
+pub(crate) fn default_tls() -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .map_err(|x| x.to_string())?
+        .with_root_certificates(rustls::RootCertStore::from_iter(
+            webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+        ))
+        .with_no_client_auth())
+}
+
 impl HttpClientBuilder {
     /// The per-attempt timeout (default 10 s, the pinned external-call timeout).
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -235,13 +247,7 @@ impl HttpClientBuilder {
         };
         let tls = match self.tls {
             Some(t) => t,
-            None => rustls::ClientConfig::builder_with_provider(ring())
-                .with_safe_default_protocol_versions()
-                .map_err(|x| ClientBuildError::Tls(x.to_string()))?
-                .with_root_certificates(rustls::RootCertStore::from_iter(
-                    webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
-                ))
-                .with_no_client_auth(),
+            None => default_tls().map_err(ClientBuildError::Tls)?,
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
