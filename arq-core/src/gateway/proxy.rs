@@ -150,7 +150,8 @@ impl RouteProxy {
         let uri = match upstream_uri(&route.entry, req.uri()) {
             Ok(u) => u,
             Err(_) => {
-                return Problem::bad_request("the request path cannot be forwarded").into_response();
+                return Problem::bad_request("the request path cannot be forwarded")
+                    .into_response();
             }
         };
         let peer = req
