@@ -78,13 +78,34 @@ impl Service<Request<Body>> for RouteProxy {
     }
 }
 
+/// Why a request's `X-Tenant-ID` is refused.
+#[derive(Debug, Clone, Copy)]
+enum TenantRefusal {
+    /// Not a tenant id: 400.
+    Malformed,
+    /// A tenant the identity is not a member of: 403.
+    NotMember,
+}
+
+impl IntoResponse for TenantRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Malformed => Problem::bad_request("X-Tenant-ID must be a UUID"),
+            Self::NotMember => {
+                Problem::forbidden("X-Tenant-ID names a tenant the credentials do not belong to")
+            }
+        }
+        .into_response()
+    }
+}
+
 /// The caller's tenant: the one the verified identity belongs to. A client-supplied
 /// `X-Tenant-ID` must name a tenant the identity is a member of (403 otherwise); without an
 /// identity the header is dropped, since nothing vouches for it.
 fn resolve_tenant(
     headers: &http::HeaderMap,
     identity: Option<&CallerIdentity>,
-) -> Result<Option<TenantId>, Problem> {
+) -> Result<Option<TenantId>, TenantRefusal> {
     let Some(identity) = identity else {
         return Ok(None);
     };
@@ -95,13 +116,11 @@ fn resolve_tenant(
                 .to_str()
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Problem::bad_request("X-Tenant-ID must be a UUID"))?;
+                .ok_or(TenantRefusal::Malformed)?;
             if identity.is_member_of(tenant) {
                 Ok(Some(tenant))
             } else {
-                Err(Problem::forbidden(
-                    "X-Tenant-ID names a tenant the credentials do not belong to",
-                ))
+                Err(TenantRefusal::NotMember)
             }
         }
     }
@@ -142,17 +161,13 @@ impl RouteProxy {
         }
         let tenant = match resolve_tenant(req.headers(), identity.as_ref()) {
             Ok(t) => t,
-            Err(p) => return p.into_response(),
+            Err(refusal) => return refusal.into_response(),
         };
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let uri = match upstream_uri(&route.entry, req.uri()) {
-            Ok(u) => u,
-            Err(_) => {
-                return Problem::bad_request("the request path cannot be forwarded")
-                    .into_response();
-            }
+        let Ok(uri) = upstream_uri(&route.entry, req.uri()) else {
+            return Problem::bad_request("the request path cannot be forwarded").into_response();
         };
         let peer = req
             .extensions()

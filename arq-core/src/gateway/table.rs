@@ -55,7 +55,7 @@ pub(crate) fn under(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Validates `config` into routes (longest prefix first) and full public prefixes.
+/// Validates `config` into routes and full public prefixes.
 pub(crate) fn build(
     config: &GatewayConfig,
 ) -> Result<(Vec<RouteEntry>, Vec<String>), GatewayError> {
@@ -116,7 +116,6 @@ pub(crate) fn build(
             }
         }
     }
-    routes.sort_by(|a, b| b.full_prefix.len().cmp(&a.full_prefix.len()));
     let mut public = Vec::with_capacity(config.public.len());
     for p in &config.public {
         check_prefix(p).map_err(|reason| GatewayError::InvalidPrefix {
