@@ -109,6 +109,7 @@ pub fn plan_init(opts: &InitOptions, templates: &Templates) -> Result<Generated,
             gateway: manifest::GatewaySection {
                 port: 3000,
                 prefix: "/api/v1".to_owned(),
+                public: Vec::new(),
             },
             services: Default::default(),
             queues: None,
@@ -260,6 +261,7 @@ fn plan_standalone(
         gateway: manifest::GatewaySection {
             port: 3000,
             prefix: String::new(),
+            public: Vec::new(),
         },
         services: Default::default(),
         queues: None,
@@ -361,6 +363,8 @@ struct PlatformCtx {
 #[derive(Debug, Serialize)]
 struct ArqDeps {
     core: String,
+    /// arq-core with the `gateway` feature, for the generated gateway crate.
+    core_gateway: String,
     auth: String,
     tenancy: String,
     queue: String,
@@ -410,6 +414,16 @@ fn arq_dep(src: &ArqSource, krate: &str) -> String {
     }
 }
 
+/// `arq_dep` as an inline table with `features`.
+fn arq_dep_with_features(src: &ArqSource, krate: &str, features: &[&str]) -> String {
+    let dep = arq_dep(src, krate);
+    let features = format!("features = {features:?}");
+    match dep.strip_suffix(" }") {
+        Some(table) => format!("{table}, {features} }}"),
+        None => format!("{{ version = {dep}, {features} }}"),
+    }
+}
+
 fn arq_source_line(src: &ArqSource) -> String {
     if let Some(path) = &src.path {
         format!("path = {path:?}")
@@ -435,6 +449,7 @@ fn context_struct(m: &Manifest, service: Option<(&Name, &ServiceEntry)>) -> Cont
         },
         arq: ArqDeps {
             core: arq_dep(&m.arq, "arq-core"),
+            core_gateway: arq_dep_with_features(&m.arq, "arq-core", &["gateway"]),
             auth: arq_dep(&m.arq, "arq-auth"),
             tenancy: arq_dep(&m.arq, "arq-tenancy"),
             queue: arq_dep(&m.arq, "arq-queue"),

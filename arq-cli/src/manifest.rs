@@ -80,6 +80,9 @@ pub struct GatewaySection {
     pub port: u16,
     /// The path prefix every route sits under, e.g. `/api/v1`.
     pub prefix: String,
+    /// Paths under the prefix the gateway serves without authentication, e.g. `/auth/login`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public: Vec<String>,
 }
 
 /// What kind of service a `[services.NAME]` entry is.
