@@ -296,7 +296,8 @@ fn main() {
             runs.push(r);
         }
     }
-    let mean = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    let mean =
+        |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
     println!();
     println!("| proxy | conns | req/s (mean of {rounds}) | p99 ms | vs nginx |");
     println!("|---|---:|---:|---:|---:|");
@@ -322,7 +323,10 @@ fn main() {
         println!();
         println!("| proxy | RSS before | RSS with {idle} idle connections | per connection |");
         println!("|---|---:|---:|---:|");
-        for (name, b, a) in [("nginx (master + workers)", nb, na), ("arq gateway (bench process)", gb, ga)] {
+        for (name, b, a) in [
+            ("nginx (master + workers)", nb, na),
+            ("arq gateway (bench process)", gb, ga),
+        ] {
             println!(
                 "| {name} | {:.1} MiB | {:.1} MiB | {:.2} KiB |",
                 b as f64 / 1024.0,
