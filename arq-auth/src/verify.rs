@@ -292,15 +292,12 @@ impl Verifier {
         // checks the whole header again. `jku`, `x5u`, `jwk` and `x5c` are ignored on purpose:
         // keys come only from the configured key ring, never from the token.
         let mut header_buf = [0u8; 768];
-        let header = match peek_header(token, &mut header_buf) {
-            Some(header) => header,
+        let Some(header) = peek_header(token, &mut header_buf) else {
             // Let jsonwebtoken say what is wrong, so errors match its checks exactly.
-            None => {
-                return Err(match jsonwebtoken::decode_header(token) {
-                    Err(e) => AuthError::from_jwt(&e),
-                    Ok(_) => AuthError::Malformed("the token header is not valid".to_owned()),
-                });
-            }
+            return Err(match jsonwebtoken::decode_header(token) {
+                Err(e) => AuthError::from_jwt(&e),
+                Ok(_) => AuthError::Malformed("the token header is not valid".to_owned()),
+            });
         };
         if !inner.validation.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
