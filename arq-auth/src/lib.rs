@@ -10,6 +10,7 @@
 //!   [`arq_core::CallerIdentity`] for tenancy;
 //! - **RBAC** ([`Rbac`], [`RequirePermission`], [`RequirePermissionLayer`]): roles →
 //!   permissions from configuration, admin ⊃ manager ⊃ member ⊃ viewer, MFA for `admin:*`;
+//!   role assignment per tenant in PostgreSQL ([`RoleStore`]);
 //! - **the issuer side** ([`SigningKeyRing`]): signing with `kid`s, `/.well-known/jwks.json`,
 //!   rotation without downtime;
 //! - **refresh tokens** ([`RefreshTokenStore`]) and **API keys** ([`ApiKeyStore`]) in PostgreSQL,
@@ -56,6 +57,7 @@ pub mod mfa;
 mod principal;
 mod rbac;
 mod refresh;
+mod roles;
 mod signing;
 mod store;
 mod verify;
@@ -76,6 +78,7 @@ pub use rbac::{Rbac, RbacConfig, RbacError, RoleConfig};
 pub use refresh::{
     IssuedRefreshToken, REFRESH_TOKEN_TTL, RefreshError, RefreshGrant, RefreshTokenStore,
 };
+pub use roles::{RoleError, RoleStore};
 pub use signing::{SigningError, SigningKey, SigningKeyRing};
 pub use store::{MIGRATIONS_TABLE, migrate};
 pub use verify::{ConfigError, MAX_LEEWAY_SECS, Verifier, VerifierConfig};

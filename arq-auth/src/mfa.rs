@@ -41,6 +41,12 @@ pub enum MfaError {
     /// The one-time code expired.
     #[error("the code has expired; request a new one")]
     Expired,
+    /// The code was sent over another channel than the one it was entered for.
+    #[error("that code was not sent over this channel")]
+    WrongChannel,
+    /// No confirmed destination (email address or phone number) for this channel.
+    #[error("no confirmed destination for this channel")]
+    NoDestination,
     /// Too many wrong attempts on this one-time code.
     #[error("too many attempts; request a new code")]
     TooManyAttempts,
@@ -128,10 +134,20 @@ pub enum OtpChannel {
 }
 
 impl OtpChannel {
-    fn as_str(self) -> &'static str {
+    /// `email` or `sms`: the name used in the database and in the issuer's requests.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Email => "email",
             Self::Sms => "sms",
+        }
+    }
+
+    /// The channel named `email` or `sms`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "email" => Some(Self::Email),
+            "sms" => Some(Self::Sms),
+            _ => None,
         }
     }
 
@@ -155,6 +171,28 @@ pub trait OtpSender: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// The second factors a subject has set up (see [`MfaStore::factors`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MfaFactors {
+    /// A confirmed authenticator app.
+    pub totp: bool,
+    /// A confirmed email address for one-time codes.
+    pub email: bool,
+    /// A confirmed phone number for one-time codes.
+    pub sms: bool,
+    /// Unused recovery codes left.
+    pub recovery_codes: u32,
+}
+
+impl MfaFactors {
+    /// Whether sign-in needs a second factor: an app or a confirmed email/SMS destination
+    /// (recovery codes alone are a fallback, not a factor to ask for).
+    pub fn required(&self) -> bool {
+        self.totp || self.email || self.sms
+    }
+}
+
 /// TOTP enrollments, one-time codes and recovery codes in PostgreSQL (tables from
 /// [`migrate`](crate::migrate)).
 #[derive(Debug, Clone)]
@@ -172,6 +210,11 @@ impl MfaStore {
             issuer: issuer.into().replace(':', ""),
             otp_ttl: Duration::from_secs(600),
         }
+    }
+
+    /// How long an emailed or texted code stays valid (10 minutes).
+    pub fn otp_ttl(&self) -> Duration {
+        self.otp_ttl
     }
 
     /// Starts (or restarts) TOTP enrollment for `subject`, labelled `account` in the app. The
@@ -347,6 +390,30 @@ impl MfaStore {
         subject: &str,
         code: &str,
     ) -> Result<OtpChannel, MfaError> {
+        self.check_otp(challenge, subject, None, code).await
+    }
+
+    /// Verifies a one-time code that the user says came over `channel`: a code sent over the
+    /// other channel is refused ([`MfaError::WrongChannel`]) and the attempt counts.
+    pub async fn verify_otp_on(
+        &self,
+        challenge: Uuid,
+        subject: &str,
+        channel: OtpChannel,
+        code: &str,
+    ) -> Result<(), MfaError> {
+        self.check_otp(challenge, subject, Some(channel), code)
+            .await
+            .map(|_| ())
+    }
+
+    async fn check_otp(
+        &self,
+        challenge: Uuid,
+        subject: &str,
+        expected: Option<OtpChannel>,
+        code: &str,
+    ) -> Result<OtpChannel, MfaError> {
         // Count the attempt first, atomically, so parallel guesses cannot exceed the limit.
         let row: Option<(Vec<u8>, String, bool, bool, i32)> = sqlx::query_as(
             "update arq_auth_otp_codes set attempts = attempts + 1
@@ -360,6 +427,10 @@ impl MfaStore {
         let Some((hash, channel, consumed, expired, attempts)) = row else {
             return Err(MfaError::InvalidCode);
         };
+        let channel = OtpChannel::parse(&channel).ok_or(MfaError::InvalidCode)?;
+        if expected.is_some_and(|e| e != channel) {
+            return Err(MfaError::WrongChannel);
+        }
         if consumed {
             return Err(MfaError::Replayed);
         }
@@ -382,10 +453,107 @@ impl MfaStore {
         if consumed != 1 {
             return Err(MfaError::Replayed);
         }
-        Ok(if channel == "sms" {
-            OtpChannel::Sms
+        Ok(channel)
+    }
+
+    /// Registers (or replaces) the address or phone number `subject` receives codes at over
+    /// `channel`, and sends a code to it; the destination becomes a second factor once that code
+    /// is confirmed with [`confirm_otp_destination`](Self::confirm_otp_destination).
+    pub async fn enroll_otp_destination(
+        &self,
+        subject: &str,
+        channel: OtpChannel,
+        destination: &str,
+        sender: &dyn OtpSender,
+    ) -> Result<Uuid, MfaError> {
+        sqlx::query(
+            "insert into arq_auth_otp_destinations (subject, channel, destination)
+             values ($1, $2, $3)
+             on conflict (subject, channel) do update
+                set destination = excluded.destination, confirmed_at = null, created_at = now()",
+        )
+        .bind(subject)
+        .bind(channel.as_str())
+        .bind(destination)
+        .execute(&self.pool)
+        .await?;
+        self.send_otp(subject, channel, destination, sender).await
+    }
+
+    /// Confirms a destination with the code [`enroll_otp_destination`](Self::enroll_otp_destination)
+    /// sent; returns its channel.
+    pub async fn confirm_otp_destination(
+        &self,
+        challenge: Uuid,
+        subject: &str,
+        code: &str,
+    ) -> Result<OtpChannel, MfaError> {
+        let channel = self.check_otp(challenge, subject, None, code).await?;
+        let confirmed = sqlx::query(
+            "update arq_auth_otp_destinations set confirmed_at = now()
+              where subject = $1 and channel = $2",
+        )
+        .bind(subject)
+        .bind(channel.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if confirmed == 1 {
+            Ok(channel)
         } else {
-            OtpChannel::Email
+            Err(MfaError::NoDestination)
+        }
+    }
+
+    /// The confirmed destination of `subject` for `channel`.
+    pub async fn otp_destination(
+        &self,
+        subject: &str,
+        channel: OtpChannel,
+    ) -> Result<Option<String>, MfaError> {
+        Ok(sqlx::query_scalar(
+            "select destination from arq_auth_otp_destinations
+              where subject = $1 and channel = $2 and confirmed_at is not null",
+        )
+        .bind(subject)
+        .bind(channel.as_str())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Removes `subject`'s destination for `channel`.
+    pub async fn remove_otp_destination(
+        &self,
+        subject: &str,
+        channel: OtpChannel,
+    ) -> Result<(), MfaError> {
+        sqlx::query("delete from arq_auth_otp_destinations where subject = $1 and channel = $2")
+            .bind(subject)
+            .bind(channel.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The second factors `subject` can use at sign-in, in one query.
+    pub async fn factors(&self, subject: &str) -> Result<MfaFactors, MfaError> {
+        let (totp, email, sms, recovery_codes): (bool, bool, bool, i64) = sqlx::query_as(
+            "select
+                exists(select 1 from arq_auth_totp where subject = $1 and confirmed_at is not null),
+                exists(select 1 from arq_auth_otp_destinations
+                        where subject = $1 and channel = 'email' and confirmed_at is not null),
+                exists(select 1 from arq_auth_otp_destinations
+                        where subject = $1 and channel = 'sms' and confirmed_at is not null),
+                (select count(*) from arq_auth_recovery_codes where subject = $1 and used_at is null)",
+        )
+        .bind(subject)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(MfaFactors {
+            totp,
+            email,
+            sms,
+            recovery_codes: u32::try_from(recovery_codes).unwrap_or(u32::MAX),
         })
     }
 

@@ -60,7 +60,7 @@ pub(crate) struct Inner {
     tenant: Option<TenantId>,
     tenants: BTreeMap<TenantId, Vec<String>>,
     roles: Vec<String>,
-    permissions: HashSet<String>,
+    permissions: Arc<HashSet<String>>,
     attributes: BTreeMap<String, Value>,
     amr: Vec<String>,
     token_id: Option<String>,
@@ -75,8 +75,13 @@ impl Principal {
     /// The principal described by verified claims; permissions are the roles' (through `rbac`)
     /// plus those granted directly.
     pub fn from_claims(claims: AccessClaims, rbac: &Rbac) -> Self {
-        let mut permissions = rbac.permissions_of(&claims.roles);
-        permissions.extend(claims.perms);
+        let permissions = if claims.perms.is_empty() {
+            rbac.shared_permissions_of(&claims.roles)
+        } else {
+            let mut permissions = rbac.permissions_of(&claims.roles);
+            permissions.extend(claims.perms);
+            Arc::new(permissions)
+        };
         Self(Arc::new(Inner {
             subject: claims.sub,
             tenant: claims.tid,
@@ -103,7 +108,7 @@ impl Principal {
             tenant: Some(tenant),
             tenants: BTreeMap::new(),
             roles: Vec::new(),
-            permissions: permissions.into_iter().collect(),
+            permissions: Arc::new(permissions.into_iter().collect()),
             attributes: BTreeMap::new(),
             amr: Vec::new(),
             token_id: Some(key_id),

@@ -2,6 +2,7 @@
 //! assignment, and the MFA requirement of administrative permissions.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -77,7 +78,9 @@ pub enum RbacError {
 /// check is one hash lookup.
 #[derive(Debug, Clone)]
 pub struct Rbac {
-    roles: HashMap<String, HashSet<String>>,
+    /// Shared, so a principal with one role points at its set instead of copying it.
+    roles: HashMap<String, Arc<HashSet<String>>>,
+    no_permissions: Arc<HashSet<String>>,
     mfa_required: Vec<String>,
 }
 
@@ -117,6 +120,7 @@ impl Rbac {
         // empty map (which denies everything) rather than panic should that ever change.
         Self::from_config(&config).unwrap_or(Self {
             roles: HashMap::new(),
+            no_permissions: Arc::default(),
             mfa_required: default_mfa_required(),
         })
     }
@@ -142,17 +146,31 @@ impl Rbac {
                 perms.extend(def.permissions.iter().cloned());
                 current = def.inherits.as_deref();
             }
-            roles.insert(name.clone(), perms);
+            roles.insert(name.clone(), Arc::new(perms));
         }
         Ok(Self {
             roles,
+            no_permissions: Arc::default(),
             mfa_required: config.mfa_required.clone(),
         })
     }
 
     /// The flattened permissions of a role, if it is defined.
     pub fn role_permissions(&self, role: &str) -> Option<&HashSet<String>> {
-        self.roles.get(role)
+        self.roles.get(role).map(|p| &**p)
+    }
+
+    /// [`permissions_of`](Self::permissions_of), shared rather than copied when there is at
+    /// most one known role (the common case), which keeps building a principal allocation-light.
+    pub(crate) fn shared_permissions_of(&self, roles: &[String]) -> Arc<HashSet<String>> {
+        match roles {
+            [] => Arc::clone(&self.no_permissions),
+            [role] => self
+                .roles
+                .get(role.as_str())
+                .map_or_else(|| Arc::clone(&self.no_permissions), Arc::clone),
+            _ => Arc::new(self.permissions_of(roles)),
+        }
     }
 
     /// The union of the permissions of `roles` (unknown roles grant nothing).

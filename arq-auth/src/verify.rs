@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Validation};
 use moka::Expiry;
-use sha2::{Digest, Sha256};
 
 use crate::claims::{AccessClaims, unix_now};
 use crate::error::AuthError;
@@ -130,13 +131,29 @@ impl VerifierConfig {
     }
 }
 
+/// The verified-token cache: keyed by the whole token, hashed with a keyed fast hash.
+///
+/// A hit must never hand out another token's principal, so the key is the token itself: the
+/// hash only picks the bucket and the map compares the full token on a hit (a plain comparison
+/// is enough: it runs only against a cached token whose 64-bit keyed hash already matched, and
+/// the attacker knows neither the key nor the cached tokens). foldhash is ~10× faster than
+/// SHA-256 or SipHash on a ~700-byte token; its seed comes from the OS CSPRNG per verifier, so
+/// an attacker cannot aim collisions at one bucket, and a collision would only cost a probe.
+type TokenCache = moka::sync::Cache<Arc<str>, Principal, foldhash::fast::SeedableRandomState>;
+
+fn random_hash_state() -> foldhash::fast::SeedableRandomState {
+    static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
+    let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(rand::random()));
+    foldhash::fast::SeedableRandomState::with_seed(rand::random(), shared)
+}
+
 /// A cache entry lives until the token's `exp` (by the wall clock at insertion), never longer.
 struct UntilTokenExpiry;
 
-impl Expiry<[u8; 32], Principal> for UntilTokenExpiry {
+impl Expiry<Arc<str>, Principal> for UntilTokenExpiry {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
+        _key: &Arc<str>,
         value: &Principal,
         _now: std::time::Instant,
     ) -> Option<Duration> {
@@ -180,7 +197,7 @@ struct VerifierInner {
     config: VerifierConfig,
     validation: Validation,
     keys: Arc<KeyRing>,
-    cache: Option<moka::sync::Cache<[u8; 32], Principal>>,
+    cache: Option<TokenCache>,
     rbac: Arc<Rbac>,
     max_token_bytes: usize,
 }
@@ -212,7 +229,7 @@ impl Verifier {
             moka::sync::Cache::builder()
                 .max_capacity(config.cache_capacity)
                 .expire_after(UntilTokenExpiry)
-                .build()
+                .build_with_hasher(random_hash_state())
         });
         if let Some(cache) = &cache {
             // Tokens signed by a key that left the ring must not keep passing from the cache.
@@ -249,19 +266,17 @@ impl Verifier {
                 max: inner.max_token_bytes,
             });
         }
-        let hash: Option<[u8; 32]> = inner.cache.as_ref().map(|_| Sha256::digest(token).into());
-        if let (Some(cache), Some(hash)) = (&inner.cache, &hash)
-            && let Some(principal) = cache.get(hash)
-        {
+        let Some(cache) = &inner.cache else {
+            return self.verify_uncached(token).await;
+        };
+        if let Some(principal) = cache.get(token) {
             if principal.expires_at() > unix_now().saturating_sub(inner.validation.leeway) {
                 return Ok(principal);
             }
-            cache.invalidate(hash);
+            cache.invalidate(token);
         }
         let principal = self.verify_uncached(token).await?;
-        if let (Some(cache), Some(hash)) = (&inner.cache, hash) {
-            cache.insert(hash, principal.clone());
-        }
+        cache.insert(Arc::from(token), principal.clone());
         Ok(principal)
     }
 
@@ -273,14 +288,25 @@ impl Verifier {
                 max: inner.max_token_bytes,
             });
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::from_jwt(&e))?;
+        // Only `alg` and `kid` are read here, borrowed, to pick the key; jsonwebtoken then
+        // checks the whole header again. `jku`, `x5u`, `jwk` and `x5c` are ignored on purpose:
+        // keys come only from the configured key ring, never from the token.
+        let mut header_buf = [0u8; 768];
+        let Some(header) = peek_header(token, &mut header_buf) else {
+            // Let jsonwebtoken say what is wrong, so errors match its checks exactly.
+            return Err(match jsonwebtoken::decode_header(token) {
+                Err(e) => AuthError::from_jwt(&e),
+                Ok(_) => AuthError::Malformed("the token header is not valid".to_owned()),
+            });
+        };
         if !inner.validation.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        // `jku`, `x5u`, `jwk` and `x5c` in the header are ignored on purpose: keys come only from
-        // the configured key ring, never from the token.
         let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
-        let key = inner.keys.resolve(kid).await?;
+        let key = match inner.keys.get(kid) {
+            Some(key) => key,
+            None => inner.keys.resolve(kid).await?,
+        };
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &inner.validation)
             .map_err(|e| AuthError::from_jwt(&e))?;
         if data.claims.sub.is_empty() {
@@ -295,6 +321,24 @@ impl Verifier {
             cache.invalidate_all();
         }
     }
+}
+
+/// The two header fields the verifier needs before the signature check.
+#[derive(serde::Deserialize)]
+struct HeaderPeek<'a> {
+    alg: Algorithm,
+    #[serde(borrow, default)]
+    kid: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Decodes the header segment (at most 1 KiB) into `alg` and `kid`; `None` when it is not valid.
+fn peek_header<'b>(token: &str, buf: &'b mut [u8; 768]) -> Option<HeaderPeek<'b>> {
+    let (encoded, _) = token.split_once('.')?;
+    if encoded.len() > 1024 {
+        return None;
+    }
+    let n = URL_SAFE_NO_PAD.decode_slice(encoded, buf).ok()?;
+    serde_json::from_slice(buf.get(..n)?).ok()
 }
 
 #[cfg(test)]
@@ -317,13 +361,13 @@ mod tests {
         let now = unix_now();
         let p = Principal::from_claims(AccessClaims::new("iss", "u", "aud", now, 120), &rbac);
         let ttl = UntilTokenExpiry
-            .expire_after_create(&[0; 32], &p, std::time::Instant::now())
+            .expire_after_create(&Arc::from("t"), &p, std::time::Instant::now())
             .unwrap();
         assert!(ttl <= Duration::from_secs(120) && ttl >= Duration::from_secs(118));
         let past =
             Principal::from_claims(AccessClaims::new("iss", "u", "aud", now - 500, 100), &rbac);
         let ttl = UntilTokenExpiry
-            .expire_after_create(&[0; 32], &past, std::time::Instant::now())
+            .expire_after_create(&Arc::from("t"), &past, std::time::Instant::now())
             .unwrap();
         assert_eq!(ttl, Duration::ZERO);
     }
@@ -338,7 +382,7 @@ mod tests {
         claims.exp = now - 3600;
         let stale = Principal::from_claims(claims, &Rbac::standard());
         let cache = verifier.inner.cache.as_ref().unwrap();
-        cache.insert(Sha256::digest(&token).into(), stale);
+        cache.insert(Arc::from(token.as_str()), stale);
         assert!(matches!(
             verifier.verify(&token).await,
             Err(AuthError::Expired)
@@ -347,7 +391,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_cache_serves_repeat_tokens_and_keys_on_the_hash() {
+    async fn the_cache_serves_repeat_tokens_and_keys_on_the_whole_token() {
         let (ring, verifier) = setup();
         let token = ring
             .sign(&AccessClaims::new("iss", "u", "aud", unix_now(), 60))
@@ -356,7 +400,45 @@ mod tests {
         let b = verifier.verify(&token).await.unwrap();
         assert!(Arc::ptr_eq(&a.0, &b.0), "second call served from the cache");
         let cache = verifier.inner.cache.as_ref().unwrap();
-        let key: [u8; 32] = Sha256::digest(&token).into();
-        assert!(cache.contains_key(&key));
+        assert!(cache.contains_key(token.as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_near_copy_of_a_cached_token_is_not_served_from_the_cache() {
+        let (ring, verifier) = setup();
+        let token = ring
+            .sign(&AccessClaims::new("iss", "u", "aud", unix_now(), 60))
+            .unwrap();
+        verifier.verify(&token).await.unwrap();
+        // Same header and payload, one signature character changed: the cache compares whole
+        // tokens, so this goes to the signature check and fails there.
+        let mut forged = token.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(verifier.verify(&forged).await.is_err());
+        let cache = verifier.inner.cache.as_ref().unwrap();
+        cache.run_pending_tasks();
+        assert!(!cache.contains_key(forged.as_str()));
+        assert!(cache.contains_key(token.as_str()));
+    }
+
+    #[test]
+    fn the_header_peek_reads_alg_and_kid_and_refuses_junk() {
+        let mut buf = [0u8; 768];
+        let header =
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"k\u0031","jku":"https://evil"}"#);
+        let peek = peek_header(&format!("{header}.e30.sig"), &mut buf).unwrap();
+        assert_eq!(peek.alg, Algorithm::RS256);
+        assert_eq!(peek.kid.as_deref(), Some("k1"));
+        for junk in [
+            "",
+            "....",
+            "!!!.e30.x",
+            &format!("{}.e30.x", "A".repeat(2000)),
+        ] {
+            assert!(peek_header(junk, &mut buf).is_none(), "{junk}");
+        }
+        let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
+        assert!(peek_header(&format!("{none}.e30."), &mut buf).is_none());
     }
 }

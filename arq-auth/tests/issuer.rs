@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arq_auth::issuer::{IssuerConfig, TokenIssuer};
-use arq_auth::mfa::{TOTP_STEP_SECS, TotpHash, totp_code};
+use arq_auth::mfa::{OtpChannel, TOTP_STEP_SECS, TotpHash, totp_code};
 use arq_auth::{KeyRing, Rbac, SigningKeyRing, Verifier, VerifierConfig};
 use arq_core::TenantId;
 use axum::Router;
@@ -27,26 +27,37 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 struct Setup {
-    _db: TestDb,
+    db: TestDb,
     issuer: TokenIssuer,
     app: Router,
     verifier: Verifier,
 }
 
 async fn setup() -> Setup {
+    setup_inner(None).await
+}
+
+async fn setup_with_sender(outbox: Outbox) -> Setup {
+    setup_inner(Some(outbox)).await
+}
+
+async fn setup_inner(sender: Option<Outbox>) -> Setup {
     let db = TestDb::new().await;
     let ring = SigningKeyRing::new(key("k1", KEY1));
     let mut config = IssuerConfig::new(ISS, AUD);
     // Cheap hashing for tests; production keeps argon2's defaults.
     config.password_params = argon2::Params::new(256, 1, 1, None).unwrap();
-    let issuer = TokenIssuer::new(config, ring.clone(), db.pool.clone()).unwrap();
+    let mut issuer = TokenIssuer::new(config, ring.clone(), db.pool.clone()).unwrap();
+    if let Some(outbox) = sender {
+        issuer = issuer.with_otp_sender(Arc::new(outbox));
+    }
     let keys = Arc::new(KeyRing::new(ring, Duration::ZERO));
     let verifier = Verifier::new(VerifierConfig::new(ISS, AUD), keys).unwrap();
     Setup {
         app: issuer.router(),
         issuer,
         verifier,
-        _db: db,
+        db,
     }
 }
 
@@ -182,7 +193,7 @@ async fn wrong_passwords_and_unknown_users_get_the_same_answer() {
     assert_eq!(b1["error"], "invalid_grant");
     // The stored hash is argon2id.
     let hash: String = sqlx::query_scalar("select password_hash from arq_auth_users")
-        .fetch_one(&s._db.pool)
+        .fetch_one(&s.db.pool)
         .await
         .unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
@@ -213,20 +224,41 @@ async fn mfa_users_get_a_challenge_and_tokens_showing_mfa() {
     assert!(body.get("access_token").is_none());
     let mfa_token = body["mfa_token"].as_str().unwrap().to_owned();
 
-    // A wrong code burns the challenge.
+    assert_eq!(body["mfa_methods"], serde_json::json!(["otp"]));
+
+    // Wrong codes count against the challenge: the fifth drops it.
     let grant = arq_auth::issuer::MFA_GRANT_TYPE;
-    let (status, _, _) = post_form(
+    for _ in 0..5 {
+        let (status, _, body) = post_form(
+            &s.app,
+            "/oauth/token",
+            &[
+                ("grant_type", grant),
+                ("mfa_token", &mfa_token),
+                ("otp", "000000"),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "invalid_grant");
+    }
+    let (status, _, body) = post_form(
         &s.app,
         "/oauth/token",
         &[
             ("grant_type", grant),
             ("mfa_token", &mfa_token),
-            ("otp", "000000"),
+            ("otp", &totp_code(&secret, TotpHash::Sha1, 6, t)),
         ],
         None,
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error_description"],
+        "the mfa_token is unknown or expired"
+    );
     let (_, _, body) = login(&s, "root", "pw").await;
     let mfa_token = body["mfa_token"].as_str().unwrap().to_owned();
     let next = totp_code(&secret, TotpHash::Sha1, 6, t + TOTP_STEP_SECS);
@@ -287,8 +319,12 @@ async fn mfa_users_get_a_challenge_and_tokens_showing_mfa() {
         .await
         .unwrap();
     let (_, _, body) = login(&s, "root", "pw").await;
+    assert_eq!(
+        body["mfa_methods"],
+        serde_json::json!(["otp", "recovery_code"])
+    );
     let mfa_token = body["mfa_token"].as_str().unwrap().to_owned();
-    let (status, _, _) = post_form(
+    let (status, _, body) = post_form(
         &s.app,
         "/oauth/token",
         &[
@@ -300,6 +336,373 @@ async fn mfa_users_get_a_challenge_and_tokens_showing_mfa() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.amr(), ["pwd".to_owned(), "mfa".to_owned()]);
+    // This issuer has no code sender: asking for a code is refused.
+    let (_, _, body) = login(&s, "root", "pw").await;
+    let mfa_token = body["mfa_token"].as_str().unwrap().to_owned();
+    let (status, _, body) = post_form(
+        &s.app,
+        "/oauth/mfa/challenge",
+        &[("mfa_token", &mfa_token), ("channel", "email")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+}
+
+/// A user whose second factors are an email address and a phone number, on an issuer with a
+/// code sender.
+async fn otp_user(s: &Setup, outbox: &Outbox) -> String {
+    let id = s
+        .issuer
+        .create_user("eve", "pw", None, &["admin"])
+        .await
+        .unwrap();
+    let subject = id.to_string();
+    let mfa = s.issuer.mfa();
+    for (channel, to) in [
+        (OtpChannel::Email, "eve@example.com"),
+        (OtpChannel::Sms, "+15550100"),
+    ] {
+        let challenge = mfa
+            .enroll_otp_destination(&subject, channel, to, outbox)
+            .await
+            .unwrap();
+        mfa.confirm_otp_destination(challenge, &subject, &outbox.last_code())
+            .await
+            .unwrap();
+    }
+    subject
+}
+
+async fn mfa_login(s: &Setup) -> String {
+    let (status, _, body) = login(s, "eve", "pw").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["mfa_methods"], serde_json::json!(["email", "sms"]));
+    body["mfa_token"].as_str().unwrap().to_owned()
+}
+
+async fn send_code(s: &Setup, mfa_token: &str, channel: &str) -> (StatusCode, Value) {
+    let (status, headers, body) = post_form(
+        &s.app,
+        "/oauth/mfa/challenge",
+        &[("mfa_token", mfa_token), ("channel", channel)],
+        None,
+    )
+    .await;
+    assert_eq!(headers["cache-control"], "no-store");
+    (status, body)
+}
+
+async fn otp_grant(s: &Setup, mfa_token: &str, channel: &str, code: &str) -> (StatusCode, Value) {
+    let (status, _, body) = post_form(
+        &s.app,
+        "/oauth/token",
+        &[
+            ("grant_type", arq_auth::issuer::MFA_GRANT_TYPE),
+            ("mfa_token", mfa_token),
+            ("channel", channel),
+            ("otp", code),
+        ],
+        None,
+    )
+    .await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn email_and_sms_codes_complete_the_login_challenge() {
+    let outbox = Outbox::default();
+    let s = setup_with_sender(outbox.clone()).await;
+    let subject = otp_user(&s, &outbox).await;
+
+    // Email: the code goes to the confirmed address, and completes the login once.
+    let mfa_token = mfa_login(&s).await;
+    let (status, body) = send_code(&s, &mfa_token, "email").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["channel"], "email");
+    assert_eq!(body["expires_in"], 600);
+    assert_eq!(body["sent_to"], "e\u{2022}\u{2022}\u{2022}@example.com");
+    let (channel, to, code) = outbox.0.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (channel, to.as_str()),
+        (OtpChannel::Email, "eve@example.com")
+    );
+    // Entered as an SMS code: refused (wrong channel), and the attempt counts.
+    let (status, body) = otp_grant(&s, &mfa_token, "sms", &code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error_description"],
+        "no code was sent over that channel for this login"
+    );
+    let (status, body) = otp_grant(&s, &mfa_token, "email", &code).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.subject(), subject);
+    assert_eq!(who.amr(), ["pwd", "otp", "mfa"].map(str::to_owned));
+    assert!(Rbac::standard().check(&who, "admin:workspace").is_ok());
+    // Single use: neither the mfa_token nor the code works again.
+    let (status, _) = otp_grant(&s, &mfa_token, "email", &code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // SMS: amr says so. A code from an earlier login does not complete a new one.
+    let mfa_token = mfa_login(&s).await;
+    let (status, _) = otp_grant(&s, &mfa_token, "sms", &code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no code was sent yet");
+    let (status, _) = send_code(&s, &mfa_token, "sms").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = otp_grant(&s, &mfa_token, "sms", &code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the old email code");
+    let (status, body) = otp_grant(&s, &mfa_token, "sms", &outbox.last_code()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.amr(), ["pwd", "sms", "mfa"].map(str::to_owned));
+
+    // A channel without a confirmed destination is refused.
+    s.issuer
+        .mfa()
+        .remove_otp_destination(&subject, OtpChannel::Sms)
+        .await
+        .unwrap();
+    let (_, _, body) = login(&s, "eve", "pw").await;
+    assert_eq!(body["mfa_methods"], serde_json::json!(["email"]));
+    let mfa_token = body["mfa_token"].as_str().unwrap().to_owned();
+    let (status, body) = send_code(&s, &mfa_token, "sms").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (status, _) = send_code(&s, &mfa_token, "fax").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn emailed_codes_expire_and_limit_attempts_and_sends() {
+    let outbox = Outbox::default();
+    let s = setup_with_sender(outbox.clone()).await;
+    otp_user(&s, &outbox).await;
+
+    // Expiry: a code past its lifetime is refused even when right.
+    let mfa_token = mfa_login(&s).await;
+    send_code(&s, &mfa_token, "email").await;
+    let code = outbox.last_code();
+    sqlx::query("update arq_auth_otp_codes set expires_at = now() - interval '1 second'")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let (status, body) = otp_grant(&s, &mfa_token, "email", &code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error_description"],
+        "the code has expired; request a new one"
+    );
+    // A fresh code for the same login works.
+    send_code(&s, &mfa_token, "email").await;
+    let (status, _) = otp_grant(&s, &mfa_token, "email", &outbox.last_code()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Attempts: five wrong codes drop the login; the right code comes too late.
+    let mfa_token = mfa_login(&s).await;
+    send_code(&s, &mfa_token, "email").await;
+    let code = outbox.last_code();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..5 {
+        let (status, body) = otp_grant(&s, &mfa_token, "email", wrong).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error_description"], "the second factor is not valid");
+    }
+    let (status, body) = otp_grant(&s, &mfa_token, "email", &code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error_description"],
+        "the mfa_token is unknown or expired"
+    );
+
+    // Sends: three codes per login, then refused.
+    let mfa_token = mfa_login(&s).await;
+    for _ in 0..3 {
+        assert_eq!(send_code(&s, &mfa_token, "sms").await.0, StatusCode::OK);
+    }
+    let (status, body) = send_code(&s, &mfa_token, "sms").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // Only the latest code counts.
+    let sent = outbox.0.lock().unwrap().clone();
+    let first = &sent[sent.len() - 3].2;
+    if *first != outbox.last_code() {
+        let (status, _) = otp_grant(&s, &mfa_token, "sms", first).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let (status, _) = otp_grant(&s, &mfa_token, "sms", &outbox.last_code()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn login_to(s: &Setup, user: &str, tenant: TenantId) -> (StatusCode, Value) {
+    let tenant = tenant.to_string();
+    let (status, _, body) = post_form(
+        &s.app,
+        "/oauth/token",
+        &[
+            ("grant_type", "password"),
+            ("username", user),
+            ("password", "pw"),
+            ("tenant", &tenant),
+        ],
+        None,
+    )
+    .await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn tokens_carry_the_selected_tenants_roles_from_the_role_store() {
+    let s = setup().await;
+    let (acme, globex, other) = (
+        TenantId::generate(),
+        TenantId::generate(),
+        TenantId::generate(),
+    );
+    let id = s.issuer.create_user("kim", "pw", None, &[]).await.unwrap();
+    let subject = id.to_string();
+    let roles = s.issuer.roles();
+    roles.assign(&subject, acme, "manager").await.unwrap();
+    roles.assign(&subject, globex, "viewer").await.unwrap();
+
+    let (status, body) = login_to(&s, "kim", acme).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.tenant(), Some(acme));
+    assert_eq!(who.roles(), ["manager".to_owned()]);
+    assert!(who.has_permission("manage:members"));
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+
+    let (_, body) = login_to(&s, "kim", globex).await;
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.tenant(), Some(globex));
+    assert!(who.has_permission("read:project") && !who.has_permission("write:project"));
+
+    // No role in the tenant: no token for it.
+    let (status, body) = login_to(&s, "kim", other).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    // Several tenants and none chosen: no tenant, no tenant roles.
+    let (_, _, body) = login(&s, "kim", "pw").await;
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.tenant(), None);
+    assert!(who.roles().is_empty());
+    // Not a tenant id.
+    let (status, _, body) = post_form(
+        &s.app,
+        "/oauth/token",
+        &[
+            ("grant_type", "password"),
+            ("username", "kim"),
+            ("password", "pw"),
+            ("tenant", "acme"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+
+    // A changed assignment shows at the next refresh.
+    roles.revoke(&subject, acme, "manager").await.unwrap();
+    roles.assign(&subject, acme, "member").await.unwrap();
+    let (status, _, body) = post_form(
+        &s.app,
+        "/oauth/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.tenant(), Some(acme));
+    assert!(who.has_permission("write:project") && !who.has_permission("manage:members"));
+    // Removed from the tenant: the refresh fails and the session ends.
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(roles.revoke_all_in(&subject, acme).await.unwrap(), 1);
+    let (status, _, body) = post_form(
+        &s.app,
+        "/oauth/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // One tenant left: it is selected without asking.
+    let (_, _, body) = login(&s, "kim", "pw").await;
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.tenant(), Some(globex));
+
+    // An account bound to a tenant signs in to that tenant only, with the assigned roles added.
+    let bound = s
+        .issuer
+        .create_user("lee", "pw", Some(acme), &["viewer"])
+        .await
+        .unwrap();
+    roles
+        .assign(&bound.to_string(), acme, "member")
+        .await
+        .unwrap();
+    roles
+        .assign(&bound.to_string(), globex, "admin")
+        .await
+        .unwrap();
+    let (status, _) = login_to(&s, "lee", globex).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = login_to(&s, "lee", acme).await;
+    assert_eq!(status, StatusCode::OK);
+    let who = s
+        .verifier
+        .verify(body["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(who.roles(), ["viewer".to_owned(), "member".to_owned()]);
 }
 
 #[tokio::test]
@@ -503,4 +906,40 @@ async fn discovery_and_jwks_are_served() {
     assert_eq!(jwks["keys"][0]["kid"], "k1");
     assert_eq!(jwks["keys"][0]["kty"], "RSA");
     assert!(jwks["keys"][0].get("d").is_none(), "no private parts");
+}
+
+#[tokio::test]
+async fn the_role_store_assigns_revokes_and_lists_per_tenant() {
+    let s = setup().await;
+    let roles = s.issuer.roles();
+    let (a, b) = (TenantId::generate(), TenantId::generate());
+    assert!(roles.assign("u1", a, "member").await.unwrap());
+    assert!(
+        !roles.assign("u1", a, "member").await.unwrap(),
+        "already held"
+    );
+    assert!(roles.assign("u1", a, "admin").await.unwrap());
+    assert!(roles.assign("u1", b, "viewer").await.unwrap());
+    assert!(roles.assign("u2", a, "viewer").await.unwrap());
+    assert!(matches!(
+        roles.assign("u1", a, "superuser").await,
+        Err(arq_auth::RoleError::UnknownRole(r)) if r == "superuser"
+    ));
+
+    assert_eq!(roles.roles_in("u1", a).await.unwrap(), ["admin", "member"]);
+    assert_eq!(roles.roles_in("u1", b).await.unwrap(), ["viewer"]);
+    assert!(roles.roles_in("u3", a).await.unwrap().is_empty());
+    let tenants = roles.tenants_of("u1").await.unwrap();
+    assert_eq!(tenants.len(), 2);
+    assert_eq!(tenants[&b], ["viewer"]);
+    let members = roles.members_of(a).await.unwrap();
+    assert_eq!(members.keys().collect::<Vec<_>>(), ["u1", "u2"]);
+
+    assert!(roles.revoke("u1", a, "admin").await.unwrap());
+    assert!(!roles.revoke("u1", a, "admin").await.unwrap());
+    assert_eq!(roles.roles_in("u1", a).await.unwrap(), ["member"]);
+    // Revoking in one tenant leaves the others alone.
+    assert_eq!(roles.revoke_all_in("u1", a).await.unwrap(), 1);
+    assert_eq!(roles.tenants_of("u1").await.unwrap().len(), 1);
+    assert_eq!(roles.roles_in("u2", a).await.unwrap(), ["viewer"]);
 }

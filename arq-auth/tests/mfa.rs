@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use arq_auth::mfa::{
     MfaError, MfaStore, OtpChannel, OtpSender, TOTP_STEP_SECS, TotpHash, totp_code,
 };
+use common::Outbox;
 use common::db::TestDb;
 use futures::future::BoxFuture;
 
@@ -138,25 +137,6 @@ async fn a_code_raced_by_many_requests_is_accepted_once() {
     assert_eq!(ok, 1);
 }
 
-/// An in-process sender: what a real email/SMS adapter would deliver, captured for the test.
-#[derive(Default, Clone)]
-struct Outbox(Arc<Mutex<Vec<(OtpChannel, String, String)>>>);
-
-impl OtpSender for Outbox {
-    fn send<'a>(
-        &'a self,
-        channel: OtpChannel,
-        to: &'a str,
-        code: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
-        self.0
-            .lock()
-            .unwrap()
-            .push((channel, to.to_owned(), code.to_owned()));
-        Box::pin(async { Ok(()) })
-    }
-}
-
 struct Broken;
 impl OtpSender for Broken {
     fn send<'a>(
@@ -263,4 +243,65 @@ async fn recovery_codes_are_hashed_and_single_use() {
     let fresh = mfa.generate_recovery_codes("u").await.unwrap();
     assert!(mfa.use_recovery_code("u", &codes[3]).await.is_err());
     mfa.use_recovery_code("u", &fresh[0]).await.unwrap();
+}
+
+#[tokio::test]
+async fn destinations_count_once_confirmed_and_codes_keep_to_their_channel() {
+    let db = TestDb::new().await;
+    let mfa = MfaStore::new(db.pool.clone(), "arq");
+    let outbox = Outbox::default();
+    assert!(!mfa.factors("u").await.unwrap().required());
+
+    let id = mfa
+        .enroll_otp_destination("u", OtpChannel::Sms, "+15550100", &outbox)
+        .await
+        .unwrap();
+    // Registered but unconfirmed: not a factor yet, and not a destination to send to.
+    assert!(!mfa.factors("u").await.unwrap().sms);
+    assert_eq!(
+        mfa.otp_destination("u", OtpChannel::Sms).await.unwrap(),
+        None
+    );
+    let code = outbox.last_code();
+    assert_eq!(
+        mfa.confirm_otp_destination(id, "u", &code).await.unwrap(),
+        OtpChannel::Sms
+    );
+    let factors = mfa.factors("u").await.unwrap();
+    assert!(factors.sms && !factors.email && !factors.totp && factors.required());
+    assert_eq!(
+        mfa.otp_destination("u", OtpChannel::Sms)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("+15550100")
+    );
+
+    // A texted code entered as an emailed one is refused, and the attempt counts.
+    let id = mfa
+        .send_otp("u", OtpChannel::Sms, "+15550100", &outbox)
+        .await
+        .unwrap();
+    let code = outbox.last_code();
+    assert!(matches!(
+        mfa.verify_otp_on(id, "u", OtpChannel::Email, &code).await,
+        Err(MfaError::WrongChannel)
+    ));
+    mfa.verify_otp_on(id, "u", OtpChannel::Sms, &code)
+        .await
+        .unwrap();
+    assert!(matches!(
+        mfa.verify_otp_on(id, "u", OtpChannel::Sms, &code).await,
+        Err(MfaError::Replayed)
+    ));
+
+    // Changing the number needs a new confirmation.
+    mfa.enroll_otp_destination("u", OtpChannel::Sms, "+15550199", &outbox)
+        .await
+        .unwrap();
+    assert!(!mfa.factors("u").await.unwrap().sms);
+    mfa.remove_otp_destination("u", OtpChannel::Sms)
+        .await
+        .unwrap();
+    assert_eq!(mfa.factors("u").await.unwrap(), Default::default());
 }

@@ -95,3 +95,30 @@ pub fn segments(token: &str) -> (String, String, String) {
         it.next().unwrap().to_owned(),
     )
 }
+
+/// An in-process [`OtpSender`](arq_auth::mfa::OtpSender): what a real email/SMS adapter would
+/// deliver, captured for the test.
+#[derive(Default, Clone)]
+pub struct Outbox(pub Arc<std::sync::Mutex<Vec<(arq_auth::mfa::OtpChannel, String, String)>>>);
+
+impl Outbox {
+    /// The last code sent.
+    pub fn last_code(&self) -> String {
+        self.0.lock().unwrap().last().unwrap().2.clone()
+    }
+}
+
+impl arq_auth::mfa::OtpSender for Outbox {
+    fn send<'a>(
+        &'a self,
+        channel: arq_auth::mfa::OtpChannel,
+        to: &'a str,
+        code: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((channel, to.to_owned(), code.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+}
