@@ -93,8 +93,8 @@ fn a_broken_copy_reports_exactly_the_planted_problems() {
     // 2. an inline password in tasks' config.
     edit(
         "services/tasks/config/default.toml",
-        "port = 3001",
-        "port = 3001\n\n[database]\npassword = \"hunter2\"",
+        "addr = \"0.0.0.0:3001\"",
+        "addr = \"0.0.0.0:3001\"\n\n[database]\npassword = \"hunter2\"",
     );
     // 3. tasks' Dockerfile runs as root (a generated file: also drift).
     edit("services/tasks/Dockerfile", "USER 10001:10001", "USER root");
@@ -187,7 +187,7 @@ fn broken_fixture() -> (tempfile::TempDir, PathBuf) {
     .unwrap();
     std::fs::write(
         root.join("services/tasks/config/default.toml"),
-        "[server]\nport = 3001\n\n[auth]\nalgorithms = [\"HS256\"]\nissuer = \"https://id\"\naudience = \"tasks\"\njwt_secret = \"s3cret, with \\\"quotes\\\"\"\n",
+        "[server]\naddr = \"0.0.0.0:3001\"\n\n[auth]\nalgorithms = [\"HS256\"]\nissuer = \"https://id\"\naudience = \"tasks\"\njwt_secret = \"s3cret, with \\\"quotes\\\"\"\n",
     )
     .unwrap();
     std::fs::write(
@@ -216,7 +216,7 @@ fn every_output_format_with_its_exit_code() {
     let (_tmp2, clean) = broken_fixture();
     std::fs::write(
         clean.join("services/tasks/config/default.toml"),
-        "[server]\nport = 3001\n",
+        "[server]\naddr = \"0.0.0.0:3001\"\n",
     )
     .unwrap();
     std::fs::write(
@@ -377,7 +377,7 @@ fn pitfall_69_broken_inputs_exit_2() {
     .unwrap();
     std::fs::write(
         root.join("services/tasks/config/default.toml"),
-        "[server]\nport = 3001\n",
+        "[server]\naddr = \"0.0.0.0:3001\"\n",
     )
     .unwrap();
     let o = arq(&root, &["check"]);

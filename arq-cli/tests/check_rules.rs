@@ -91,8 +91,8 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
             ("arq.toml", "port = 3001", "port = 3000"),
             (
                 "services/tasks/config/default.toml",
-                "port = 3001",
-                "port = 3000",
+                r#"addr = "0.0.0.0:3001""#,
+                r#"addr = "0.0.0.0:3000""#,
             ),
         ],
     ),
@@ -153,9 +153,32 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
         &[],
         &[(
             "services/tasks/config/default.toml",
-            "port = 3001",
-            "port = 3005",
+            r#"addr = "0.0.0.0:3001""#,
+            r#"addr = "0.0.0.0:3005""#,
         )],
+    ),
+    (
+        "config-schema",
+        &[],
+        &[
+            // arq-core's own validation: an unknown key and a malformed value, in two files.
+            (
+                "services/tasks/config/default.toml",
+                r#"addr = "0.0.0.0:3001""#,
+                "addr = \"0.0.0.0:3001\"\nshutdown_timeout = \"soon\"",
+            ),
+            (
+                "services/tasks/config/prod.toml",
+                "",
+                "\n[rate_limit]\nper_minit = 100\n",
+            ),
+            // The service's own schema: pool_size must be an integer of at most 100.
+            (
+                "services/tasks/config/prod.toml",
+                "",
+                "\n[database]\npool_size = 500\n",
+            ),
+        ],
     ),
     (
         "config-inline-secret",
