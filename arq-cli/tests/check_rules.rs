@@ -158,6 +158,17 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
         )],
     ),
     (
+        "auth-route-permission",
+        &[],
+        &[
+            (
+                "services/tasks/src/routes.rs",
+                ".route_layer(RequirePermissionLayer::new(\"write:task\"))",
+                ".route_layer(RequirePermissionLayer::new(\"write:task\"))\n        .route(\"/tasks/{id}\", get(list_tasks).delete(create_task))\n        .route(\"/tasks/export\", get(|| async { \"csv\" }))",
+            ),
+        ],
+    ),
+    (
         "config-schema",
         &[],
         &[
@@ -640,11 +651,16 @@ fn suppressions_in_each_artifacts_syntax() {
                 "",
                 "\n[[check.ignore]]\nrule = \"config-inline-secret\"\npath = \"services/tasks/config\"\nreason = \"prod password is rotated by the operator\"\n",
             ),
+            (
+                "services/tasks/src/routes.rs",
+                ".route_layer(RequirePermissionLayer::new(\"write:task\"))",
+                ".route_layer(RequirePermissionLayer::new(\"write:task\"))\n        // arq-check-ignore: auth-route-permission reason: reachable only inside the cluster\n        .route(\"/internal/reindex\", post(create_task))",
+            ),
         ],
     );
     let r = run(&root);
     assert!(r.findings.is_empty(), "{}", render(&r));
-    assert_eq!(r.suppressed, 4);
+    assert_eq!(r.suppressed, 5);
 }
 
 #[test]
