@@ -44,7 +44,7 @@ async fn live_audit_findings_map_to_rule_ids() {
     std::fs::create_dir_all(tmp.path().join("config")).unwrap();
     std::fs::write(
         tmp.path().join("config/default.toml"),
-        "[server]\nport = 3001\n",
+        "[server]\naddr = \"0.0.0.0:3001\"\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_arq"))

@@ -93,8 +93,8 @@ fn a_broken_copy_reports_exactly_the_planted_problems() {
     // 2. an inline password in tasks' config.
     edit(
         "services/tasks/config/default.toml",
-        "port = 3001",
-        "port = 3001\n\n[database]\npassword = \"hunter2\"",
+        "addr = \"0.0.0.0:3001\"",
+        "addr = \"0.0.0.0:3001\"\n\n[database]\npassword = \"hunter2\"",
     );
     // 3. tasks' Dockerfile runs as root (a generated file: also drift).
     edit("services/tasks/Dockerfile", "USER 10001:10001", "USER root");
@@ -187,7 +187,7 @@ fn broken_fixture() -> (tempfile::TempDir, PathBuf) {
     .unwrap();
     std::fs::write(
         root.join("services/tasks/config/default.toml"),
-        "[server]\nport = 3001\n\n[auth]\nalgorithms = [\"HS256\"]\nissuer = \"https://id\"\naudience = \"tasks\"\njwt_secret = \"s3cret, with \\\"quotes\\\"\"\n",
+        "[server]\naddr = \"0.0.0.0:3001\"\n\n[auth]\nalgorithms = [\"HS256\"]\nissuer = \"https://id\"\naudience = \"tasks\"\njwt_secret = \"s3cret, with \\\"quotes\\\"\"\n",
     )
     .unwrap();
     std::fs::write(
@@ -216,7 +216,7 @@ fn every_output_format_with_its_exit_code() {
     let (_tmp2, clean) = broken_fixture();
     std::fs::write(
         clean.join("services/tasks/config/default.toml"),
-        "[server]\nport = 3001\n",
+        "[server]\naddr = \"0.0.0.0:3001\"\n",
     )
     .unwrap();
     std::fs::write(
@@ -246,11 +246,53 @@ fn every_output_format_with_its_exit_code() {
     );
 }
 
+/// Escapes the `]` in the SARIF schema's `language` patterns; returns how many it changed.
+fn escape_stray_bracket(v: &mut serde_json::Value) -> usize {
+    const BUGGY: &str = "^[a-zA-Z]{2}|^[a-zA-Z]{2}-[a-zA-Z]{2}]?$";
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut n = 0;
+            for (k, v) in m.iter_mut() {
+                if k == "pattern" && v == BUGGY {
+                    *v = "^[a-zA-Z]{2}|^[a-zA-Z]{2}-[a-zA-Z]{2}\\]?$".into();
+                    n += 1;
+                } else {
+                    n += escape_stray_bracket(v);
+                }
+            }
+            n
+        }
+        serde_json::Value::Array(a) => a.iter_mut().map(escape_stray_bracket).sum(),
+        _ => 0,
+    }
+}
+
 #[test]
 fn sarif_has_the_required_structure() {
     let (_tmp, root) = broken_fixture();
     let o = arq(&root, &["check", "--format", "sarif"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // The official OASIS SARIF 2.1.0 schema (Schemata/sarif-schema-2.1.0.json of
+    // oasis-tcs/sarif-spec), vendored so the test runs offline.
+    let mut schema: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/sarif-schema-2.1.0.json")).unwrap();
+    // The schema's `language` patterns have a stray `]` that ECMAScript reads as a literal and
+    // Rust's regex refuses; escaping it keeps their meaning and lets the schema compile.
+    assert_eq!(escape_stray_bracket(&mut schema), 2);
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&v)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "SARIF output violates the schema:\n{}",
+        errors.join("\n")
+    );
+    // The validator is live: a level SARIF does not define is refused.
+    let mut broken = v.clone();
+    broken["runs"][0]["results"][0]["level"] = "fatal".into();
+    assert!(!validator.is_valid(&broken));
     assert_eq!(v["version"], "2.1.0");
     assert!(v["$schema"].as_str().unwrap().contains("sarif-2.1.0"));
     let run = &v["runs"][0];
@@ -335,7 +377,7 @@ fn pitfall_69_broken_inputs_exit_2() {
     .unwrap();
     std::fs::write(
         root.join("services/tasks/config/default.toml"),
-        "[server]\nport = 3001\n",
+        "[server]\naddr = \"0.0.0.0:3001\"\n",
     )
     .unwrap();
     let o = arq(&root, &["check"]);

@@ -91,8 +91,8 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
             ("arq.toml", "port = 3001", "port = 3000"),
             (
                 "services/tasks/config/default.toml",
-                "port = 3001",
-                "port = 3000",
+                r#"addr = "0.0.0.0:3001""#,
+                r#"addr = "0.0.0.0:3000""#,
             ),
         ],
     ),
@@ -153,9 +153,43 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
         &[],
         &[(
             "services/tasks/config/default.toml",
-            "port = 3001",
-            "port = 3005",
+            r#"addr = "0.0.0.0:3001""#,
+            r#"addr = "0.0.0.0:3005""#,
         )],
+    ),
+    (
+        "auth-route-permission",
+        &[],
+        &[
+            (
+                "services/tasks/src/routes.rs",
+                ".route_layer(RequirePermissionLayer::new(\"write:task\"))",
+                ".route_layer(RequirePermissionLayer::new(\"write:task\"))\n        .route(\"/tasks/{id}\", get(list_tasks).delete(create_task))\n        .route(\"/tasks/export\", get(|| async { \"csv\" }))",
+            ),
+        ],
+    ),
+    (
+        "config-schema",
+        &[],
+        &[
+            // arq-core's own validation: an unknown key and a malformed value, in two files.
+            (
+                "services/tasks/config/default.toml",
+                r#"addr = "0.0.0.0:3001""#,
+                "addr = \"0.0.0.0:3001\"\nshutdown_timeout = \"soon\"",
+            ),
+            (
+                "services/tasks/config/prod.toml",
+                "",
+                "\n[rate_limit]\nper_minit = 100\n",
+            ),
+            // The service's own schema: pool_size must be an integer of at most 100.
+            (
+                "services/tasks/config/prod.toml",
+                "",
+                "\n[database]\npool_size = 500\n",
+            ),
+        ],
     ),
     (
         "config-inline-secret",
@@ -617,11 +651,16 @@ fn suppressions_in_each_artifacts_syntax() {
                 "",
                 "\n[[check.ignore]]\nrule = \"config-inline-secret\"\npath = \"services/tasks/config\"\nreason = \"prod password is rotated by the operator\"\n",
             ),
+            (
+                "services/tasks/src/routes.rs",
+                ".route_layer(RequirePermissionLayer::new(\"write:task\"))",
+                ".route_layer(RequirePermissionLayer::new(\"write:task\"))\n        // arq-check-ignore: auth-route-permission reason: reachable only inside the cluster\n        .route(\"/internal/reindex\", post(create_task))",
+            ),
         ],
     );
     let r = run(&root);
     assert!(r.findings.is_empty(), "{}", render(&r));
-    assert_eq!(r.suppressed, 4);
+    assert_eq!(r.suppressed, 5);
 }
 
 #[test]

@@ -107,6 +107,7 @@ pub fn all() -> impl Iterator<Item = &'static Rule> {
         rules::manifest::RULES,
         rules::config::RULES,
         rules::auth::RULES,
+        rules::routes::RULES,
         rules::policy::RULES,
         rules::migrations::RULES,
         rules::kubernetes::RULES,

@@ -4,6 +4,8 @@
 //! [check]
 //! security_definer_allow = ["arq.current_tenant_id"]
 //! max_access_token_ttl_secs = 3600
+//! public_routes = ["/auth/login"]      # served without a permission
+//! route_guards = ["RequireScope"]      # your own guard extractors, layers or functions
 //!
 //! [check.severity]
 //! kubernetes-probes = "error"     # or "warning", "info", "off"
@@ -39,6 +41,10 @@ pub struct CheckSettings {
     pub max_leeway_secs: u64,
     /// The platform's autoscaling numbers.
     pub hpa: HpaPolicy,
+    /// Route paths served without a permission (besides health, metrics, OpenAPI and JWKS).
+    pub public_routes: Vec<String>,
+    /// Extra extractor, layer or function names that guard a route with a permission or policy.
+    pub route_guards: Vec<String>,
 }
 
 /// The HPA/PDB numbers every deployment must carry.
@@ -80,6 +86,8 @@ impl Default for CheckSettings {
             max_refresh_token_ttl_secs: 30 * 24 * 3600,
             max_leeway_secs: 60,
             hpa: HpaPolicy::default(),
+            public_routes: Vec::new(),
+            route_guards: Vec::new(),
         }
     }
 }
@@ -112,6 +120,10 @@ struct Raw {
     max_leeway_secs: Option<u64>,
     #[serde(default)]
     hpa: Option<HpaPolicy>,
+    #[serde(default)]
+    public_routes: Vec<String>,
+    #[serde(default)]
+    route_guards: Vec<String>,
 }
 
 impl CheckSettings {
@@ -159,6 +171,8 @@ impl CheckSettings {
         if let Some(h) = raw.hpa {
             s.hpa = h;
         }
+        s.public_routes = raw.public_routes;
+        s.route_guards = raw.route_guards;
         (s, problems)
     }
 

@@ -2,6 +2,7 @@
 //!
 //! - SQL: `-- arq-check-ignore: <rule> reason: <why>` on the line(s) before a statement;
 //! - Dockerfile: `# arq-check-ignore: <rule> reason: <why>` before an instruction;
+//! - Rust: `// arq-check-ignore: <rule> reason: <why>` on the line(s) before the code;
 //! - Kubernetes: the annotation `arq.dev/check-ignore.<rule>: "<why>"` on the object;
 //! - anything: `[[check.ignore]]` in `arq.toml` with `rule`, `path` and `reason`.
 //!
@@ -46,11 +47,12 @@ impl Suppression {
 }
 
 static COMMENT: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"^\s*(?:--|#)\s*arq-check-ignore:\s*([A-Za-z0-9_./-]+)\s*(?:reason:\s*(.*?))?\s*$")
+    Regex::new(r"^\s*(?:--|#|//)\s*arq-check-ignore:\s*([A-Za-z0-9_./-]+)\s*(?:reason:\s*(.*?))?\s*$")
         .ok()
 });
 
-/// `-- arq-check-ignore:` / `# arq-check-ignore:` comments in SQL files and Dockerfiles: each
+/// `-- arq-check-ignore:` / `# arq-check-ignore:` / `// arq-check-ignore:` comments in SQL files,
+/// Dockerfiles and Rust sources: each
 /// covers the next line that is neither blank nor a comment.
 fn comment_suppressions(path: &str, text: &str, out: &mut Vec<Suppression>) {
     let Some(re) = COMMENT.as_ref() else { return };
@@ -63,7 +65,7 @@ fn comment_suppressions(path: &str, text: &str, out: &mut Vec<Suppression>) {
             .skip(i + 1)
             .find(|(_, t)| {
                 let t = t.trim();
-                !t.is_empty() && !t.starts_with("--") && !t.starts_with('#')
+                !t.is_empty() && !t.starts_with("--") && !t.starts_with('#') && !t.starts_with("//")
             })
             .map_or(0, |(j, _)| j + 1);
         let target = u32::try_from(target).unwrap_or(u32::MAX);
@@ -82,7 +84,11 @@ fn collect(ctx: &Ctx) -> Vec<Suppression> {
     let mut out = Vec::new();
     for f in ctx.files.values() {
         let name = f.rel.rsplit('/').next().unwrap_or(&f.rel);
-        if f.rel.ends_with(".sql") || name == "Dockerfile" || name.starts_with("Dockerfile.") {
+        if f.rel.ends_with(".sql")
+            || f.rel.ends_with(".rs")
+            || name == "Dockerfile"
+            || name.starts_with("Dockerfile.")
+        {
             comment_suppressions(&f.rel, &f.text, &mut out);
         }
     }

@@ -12,6 +12,7 @@ pub(crate) mod meta;
 pub(crate) mod migrations;
 pub(crate) mod policy;
 pub(crate) mod queues;
+pub(crate) mod routes;
 pub(crate) mod tenancy;
 
 /// Runs every static rule.
@@ -19,6 +20,7 @@ pub(crate) fn run_all(ctx: &Ctx, out: &mut Vec<Finding>) {
     manifest::check(ctx, out);
     config::check(ctx, out);
     auth::check(ctx, out);
+    routes::check(ctx, out);
     migrations::check(ctx, out);
     kubernetes::check(ctx, out);
     docker::check(ctx, out);
