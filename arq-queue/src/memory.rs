@@ -514,3 +514,59 @@ impl Delivery for MemoryDelivery {
 fn unreachable_envelope() -> &'static Envelope {
     panic!("a settled delivery has no envelope")
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::Payload;
+
+    async fn setup(prefetch: u16, n: usize) -> (MemoryBackend, QueueConfig) {
+        let config = QueueConfig::new("q").prefetch(prefetch).bind("x", "#");
+        let backend = MemoryBackend::new();
+        backend
+            .declare(&Topology::new(["x"]).queue_config(config.clone()))
+            .await
+            .unwrap();
+        let (ex, key): (Arc<str>, Arc<str>) = ("x".into(), "k".into());
+        let batch = (0..n)
+            .map(|i| Outgoing {
+                exchange: ex.clone(),
+                routing_key: key.clone(),
+                envelope: Envelope::with_payload("t", Payload::native(i)),
+            })
+            .collect();
+        backend.publish(batch).await.unwrap();
+        (backend, config)
+    }
+
+    #[tokio::test]
+    async fn a_consumer_holds_at_most_prefetch_and_settling_frees_a_credit() {
+        let (backend, config) = setup(2, 5).await;
+        let mut consumer = backend.consume(&config).await.unwrap();
+        let mut a = consumer.next().await.unwrap().unwrap();
+        let b = consumer.next().await.unwrap().unwrap();
+        // At the limit: the next delivery waits (and cancelling that wait leaks no credit).
+        assert!(consumer.next().now_or_never().is_none());
+        assert_eq!(backend.stats(&config).await.unwrap().unacked, 2);
+        // The synchronous ack settles and frees a credit.
+        assert!(matches!(a.ack_now(), Some(Ok(()))));
+        drop(a);
+        let c = consumer.next().await.unwrap().unwrap();
+        assert!(consumer.next().now_or_never().is_none());
+        // Dropped unsettled: back to the queue, and the credit is free again.
+        let b_id = b.envelope().id;
+        drop(b);
+        c.ack().await.unwrap();
+        let d = consumer.next().await.unwrap().unwrap();
+        assert_eq!(d.envelope().id, b_id);
+        // What the consumer took ahead goes back when it is dropped; `d` is still out.
+        drop(consumer);
+        let stats = backend.stats(&config).await.unwrap();
+        assert_eq!((stats.ready, stats.unacked), (2, 1));
+        drop(d);
+        assert_eq!(backend.stats(&config).await.unwrap().ready, 3);
+    }
+}
