@@ -125,6 +125,14 @@ pub trait Delivery: Send + 'static {
     /// Acknowledges: the message is done.
     fn ack(self) -> impl Future<Output = Result<(), QueueError>> + Send;
 
+    /// Acknowledges at once if the backend can do so without waiting (the in-memory backend),
+    /// returning the outcome; the delivery is then settled and dropping it does nothing more.
+    /// `None` (the default) means "call [`Delivery::ack`]". The worker tries this first so a
+    /// handler that finishes on its first poll costs no future at all.
+    fn ack_now(&mut self) -> Option<Result<(), QueueError>> {
+        None
+    }
+
     /// Schedules the next attempt after `delay` (through the wait queue), recording `failure`.
     fn retry(
         self,

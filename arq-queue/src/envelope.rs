@@ -51,9 +51,15 @@ impl MessageId {
     /// The random bits come from the thread-local CSPRNG rather than the OS for every id
     /// (`Uuid::now_v7` asks `getrandom`, a system call that dominated the in-memory hot path).
     pub fn generate() -> Self {
+        Self::generate_at(now_ms())
+    }
+
+    /// A fresh id stamped with `unix_ms` (so a caller that already read the clock does not
+    /// read it again).
+    fn generate_at(unix_ms: u64) -> Self {
         let mut random = [0u8; 10];
         rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
-        Self(uuid::Builder::from_unix_timestamp_millis(now_ms(), &random).into_uuid())
+        Self(uuid::Builder::from_unix_timestamp_millis(unix_ms, &random).into_uuid())
     }
 
     /// Wraps an existing UUID.
@@ -247,14 +253,15 @@ impl Envelope {
     /// A new envelope around an already-built payload.
     pub fn with_payload(message_type: impl Into<Arc<str>>, payload: Payload) -> Self {
         let scope = crate::scope::MessageScope::current();
+        let now = now_ms();
         Self {
-            id: MessageId::generate(),
+            id: MessageId::generate_at(now),
             message_type: message_type.into(),
             tenant: scope.as_ref().and_then(|s| s.tenant),
             trace: scope.and_then(|s| s.trace.map(|t| t.child())),
             attempt: 1,
             headers: BTreeMap::new(),
-            created_at_ms: now_ms(),
+            created_at_ms: now,
             failures: Vec::new(),
             payload,
         }

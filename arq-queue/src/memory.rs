@@ -6,11 +6,11 @@
 //! publish → handler → ack path.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
@@ -194,9 +194,18 @@ impl Backend for MemoryBackend {
 
     async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), QueueError> {
         // Route everything first so an unroutable message fails the batch before any is stored.
+        // A batch usually repeats one exchange and key: look each run of them up once.
         let mut routed = Vec::with_capacity(batch.len());
+        let mut last: Option<(Arc<str>, Arc<str>, Targets)> = None;
         for o in batch {
-            let targets = self.targets(&o.exchange, &o.routing_key)?;
+            let targets = match &last {
+                Some((e, k, t)) if *e == o.exchange && *k == o.routing_key => t.clone(),
+                _ => {
+                    let t = self.targets(&o.exchange, &o.routing_key)?;
+                    last = Some((o.exchange.clone(), o.routing_key.clone(), t.clone()));
+                    t
+                }
+            };
             routed.push((targets, o.envelope));
         }
         // Consecutive messages for the same single queue go in under one lock and one wake-up.
@@ -221,8 +230,12 @@ impl Backend for MemoryBackend {
 
     async fn consume(&self, queue: &QueueConfig) -> Result<MemoryConsumer, QueueError> {
         Ok(MemoryConsumer {
-            queue: self.queue(&queue.name)?,
-            permits: Arc::new(Semaphore::new(usize::from(queue.prefetch))),
+            shared: Arc::new(ConsumerShared {
+                queue: self.queue(&queue.name)?,
+                held: AtomicUsize::new(0),
+                freed: Notify::new(),
+            }),
+            prefetch: usize::from(queue.prefetch).max(1),
             buffer: VecDeque::new(),
         })
     }
@@ -285,9 +298,29 @@ impl Backend for MemoryBackend {
 /// the front of the queue when it is dropped.
 #[derive(Debug)]
 pub struct MemoryConsumer {
-    queue: Arc<MemQueue>,
-    permits: Arc<Semaphore>,
+    shared: Arc<ConsumerShared>,
+    prefetch: usize,
     buffer: VecDeque<Envelope>,
+}
+
+/// What a consumer shares with its deliveries: the queue, and how many deliveries are out.
+///
+/// A counter rather than a semaphore: releasing a semaphore permit takes its waiter lock on
+/// every delivery, while here a settled delivery only wakes the consumer when it was waiting
+/// at the prefetch limit.
+#[derive(Debug)]
+struct ConsumerShared {
+    queue: Arc<MemQueue>,
+    held: AtomicUsize,
+    freed: Notify,
+}
+
+impl ConsumerShared {
+    fn release(&self, prefetch_full: usize) {
+        if self.held.fetch_sub(1, Ordering::AcqRel) == prefetch_full {
+            self.freed.notify_one();
+        }
+    }
 }
 
 impl Drop for MemoryConsumer {
@@ -295,45 +328,101 @@ impl Drop for MemoryConsumer {
         if self.buffer.is_empty() {
             return;
         }
-        let mut ready = lock(&self.queue.ready);
+        let queue = &self.shared.queue;
+        let mut ready = lock(&queue.ready);
         while let Some(env) = self.buffer.pop_back() {
             ready.push_front(env);
         }
         drop(ready);
-        self.queue.notify.notify_one();
+        queue.notify.notify_one();
+    }
+}
+
+impl MemoryConsumer {
+    /// Waits until fewer than `prefetch` deliveries are out, then counts one more.
+    async fn reserve(&self) {
+        loop {
+            let held = self.shared.held.load(Ordering::Acquire);
+            if held < self.prefetch {
+                if self
+                    .shared
+                    .held
+                    .compare_exchange(held, held + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            let freed = self.shared.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.shared.held.load(Ordering::Acquire) < self.prefetch {
+                continue;
+            }
+            freed.await;
+        }
     }
 }
 
 impl Consumer for MemoryConsumer {
     type Delivery = MemoryDelivery;
 
-    // Cancel-safe: a permit or a wake-up lost to cancellation loses no message.
+    // Cancel-safe: a reservation dropped by cancellation is given back, and a wake-up lost to
+    // cancellation loses no message.
     async fn next(&mut self) -> Option<Result<MemoryDelivery, QueueError>> {
-        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        self.reserve().await;
+        let mut reservation = Reservation {
+            shared: &self.shared,
+            prefetch: self.prefetch,
+            armed: true,
+        };
+        let queue = &self.shared.queue;
         loop {
             if let Some(env) = self.buffer.pop_front() {
-                self.queue.unacked.fetch_add(1, Ordering::Relaxed);
+                reservation.armed = false;
+                queue.unacked.fetch_add(1, Ordering::Relaxed);
                 return Some(Ok(MemoryDelivery {
-                    queue: self.queue.clone(),
+                    shared: self.shared.clone(),
+                    prefetch: self.prefetch,
                     envelope: Some(env),
-                    _permit: permit,
                 }));
             }
             {
-                // Take as many as we may hold, in one lock, to keep lock traffic per message low.
-                let mut ready = lock(&self.queue.ready);
-                let n = (self.permits.available_permits() + 1).min(ready.len());
+                // Take as many as we may hold (this reservation included), in one lock, to keep
+                // lock traffic per message low.
+                let room = self
+                    .prefetch
+                    .saturating_sub(self.shared.held.load(Ordering::Acquire))
+                    + 1;
+                let mut ready = lock(&queue.ready);
+                let n = room.min(ready.len());
                 self.buffer.extend(ready.drain(..n));
                 let more = !ready.is_empty();
                 drop(ready);
                 if more {
                     // Pass the wake-up on to another consumer of this queue.
-                    self.queue.notify.notify_one();
+                    queue.notify.notify_one();
                 }
             }
             if self.buffer.is_empty() {
-                self.queue.notify.notified().await;
+                queue.notify.notified().await;
             }
+        }
+    }
+}
+
+/// A reservation not yet turned into a delivery; given back if `next` is cancelled.
+struct Reservation<'a> {
+    shared: &'a ConsumerShared,
+    prefetch: usize,
+    armed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.release(self.prefetch);
         }
     }
 }
@@ -341,14 +430,18 @@ impl Consumer for MemoryConsumer {
 /// One in-memory delivery. Dropped unsettled, it goes back to the front of its queue.
 #[derive(Debug)]
 pub struct MemoryDelivery {
-    queue: Arc<MemQueue>,
+    shared: Arc<ConsumerShared>,
+    prefetch: usize,
     envelope: Option<Envelope>,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl MemoryDelivery {
+    fn queue(&self) -> &Arc<MemQueue> {
+        &self.shared.queue
+    }
+
     fn take(mut self) -> Option<Envelope> {
-        self.queue.unacked.fetch_sub(1, Ordering::Relaxed);
+        self.queue().unacked.fetch_sub(1, Ordering::Relaxed);
         self.envelope.take()
     }
 }
@@ -356,9 +449,10 @@ impl MemoryDelivery {
 impl Drop for MemoryDelivery {
     fn drop(&mut self) {
         if let Some(env) = self.envelope.take() {
-            self.queue.unacked.fetch_sub(1, Ordering::Relaxed);
-            self.queue.push_front(env);
+            self.queue().unacked.fetch_sub(1, Ordering::Relaxed);
+            self.queue().push_front(env);
         }
+        self.shared.release(self.prefetch);
     }
 }
 
@@ -380,8 +474,15 @@ impl Delivery for MemoryDelivery {
         Ok(())
     }
 
+    fn ack_now(&mut self) -> Option<Result<(), QueueError>> {
+        if self.envelope.take().is_some() {
+            self.queue().unacked.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(Ok(()))
+    }
+
     async fn retry(self, failure: Failure, delay: Duration) -> Result<(), QueueError> {
-        let queue = self.queue.clone();
+        let queue = self.queue().clone();
         let Some(mut env) = self.take() else {
             return Ok(());
         };
@@ -396,7 +497,7 @@ impl Delivery for MemoryDelivery {
     }
 
     async fn dead_letter(self, failure: Failure) -> Result<(), QueueError> {
-        let queue = self.queue.clone();
+        let queue = self.queue().clone();
         let Some(mut env) = self.take() else {
             return Ok(());
         };
@@ -412,4 +513,60 @@ impl Delivery for MemoryDelivery {
 )]
 fn unreachable_envelope() -> &'static Envelope {
     panic!("a settled delivery has no envelope")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::Payload;
+
+    async fn setup(prefetch: u16, n: usize) -> (MemoryBackend, QueueConfig) {
+        let config = QueueConfig::new("q").prefetch(prefetch).bind("x", "#");
+        let backend = MemoryBackend::new();
+        backend
+            .declare(&Topology::new(["x"]).queue_config(config.clone()))
+            .await
+            .unwrap();
+        let (ex, key): (Arc<str>, Arc<str>) = ("x".into(), "k".into());
+        let batch = (0..n)
+            .map(|i| Outgoing {
+                exchange: ex.clone(),
+                routing_key: key.clone(),
+                envelope: Envelope::with_payload("t", Payload::native(i)),
+            })
+            .collect();
+        backend.publish(batch).await.unwrap();
+        (backend, config)
+    }
+
+    #[tokio::test]
+    async fn a_consumer_holds_at_most_prefetch_and_settling_frees_a_credit() {
+        let (backend, config) = setup(2, 5).await;
+        let mut consumer = backend.consume(&config).await.unwrap();
+        let mut a = consumer.next().await.unwrap().unwrap();
+        let b = consumer.next().await.unwrap().unwrap();
+        // At the limit: the next delivery waits (and cancelling that wait leaks no credit).
+        assert!(consumer.next().now_or_never().is_none());
+        assert_eq!(backend.stats(&config).await.unwrap().unacked, 2);
+        // The synchronous ack settles and frees a credit.
+        assert!(matches!(a.ack_now(), Some(Ok(()))));
+        drop(a);
+        let c = consumer.next().await.unwrap().unwrap();
+        assert!(consumer.next().now_or_never().is_none());
+        // Dropped unsettled: back to the queue, and the credit is free again.
+        let b_id = b.envelope().id;
+        drop(b);
+        c.ack().await.unwrap();
+        let d = consumer.next().await.unwrap().unwrap();
+        assert_eq!(d.envelope().id, b_id);
+        // What the consumer took ahead goes back when it is dropped; `d` is still out.
+        drop(consumer);
+        let stats = backend.stats(&config).await.unwrap();
+        assert_eq!((stats.ready, stats.unacked), (2, 1));
+        drop(d);
+        assert_eq!(backend.stats(&config).await.unwrap().ready, 3);
+    }
 }

@@ -44,6 +44,9 @@ use crate::error::QueueError;
 use crate::topology::{QueueConfig, Topology};
 
 const GROUP: &str = "arq";
+/// How many due retries one promotion moves back into the stream.
+const PROMOTE_BATCH: &str = "100";
+const PROMOTE_BATCH_N: u64 = 100;
 const BACKEND: &str = "redis";
 
 fn err(e: &redis::RedisError) -> QueueError {
@@ -337,12 +340,23 @@ impl Backend for RedisBackend {
         let topology = self.topology()?;
         let mut pipe = redis::pipe();
         let mut n = 0usize;
+        // A batch usually repeats one exchange and key: route each run of them once.
+        let mut routed: Option<(&str, &str)> = None;
+        let mut streams: Vec<String> = Vec::new();
         for o in &batch {
-            let queues = topology.route(&o.exchange, &o.routing_key)?;
+            let route = Some((&*o.exchange, &*o.routing_key));
+            if routed != route {
+                streams = topology
+                    .route(&o.exchange, &o.routing_key)?
+                    .into_iter()
+                    .map(|q| self.inner.stream(q))
+                    .collect();
+                routed = route;
+            }
             let body = o.envelope.encode()?;
-            for q in queues {
+            for stream in &streams {
                 pipe.cmd("XADD")
-                    .arg(self.inner.stream(q))
+                    .arg(stream)
                     .arg("*")
                     .arg("e")
                     .arg(&body)
@@ -382,7 +396,14 @@ impl Backend for RedisBackend {
             visibility_ms: u64::try_from(queue.visibility_timeout.as_millis()).unwrap_or(u64::MAX),
         };
         let reader = tokio::spawn(read_loop(ctx, tx));
-        tokio::spawn(ack_loop(self.clone(), keys.clone(), ack_rx));
+        // Acks get their own connection: on the shared one they would queue behind publish
+        // pipelines, holding handler slots for that long.
+        let acker = Conn::new(
+            self.inner.client.clone(),
+            self.inner.conn_name(),
+            Duration::from_secs(10),
+        );
+        tokio::spawn(ack_loop(acker, keys.clone(), ack_rx));
         Ok(RedisConsumer {
             backend: self.clone(),
             keys,
@@ -561,18 +582,28 @@ async fn read_loop(ctx: ReaderCtx, tx: mpsc::Sender<Result<Entry, QueueError>>) 
     let mut last_reap = tokio::time::Instant::now();
     let mut reap_cursor = "0-0".to_owned();
     let mut backoff = Duration::from_millis(50);
+    // Promoting costs a round trip on the shared connection, where it queues behind publish
+    // pipelines: under load do it at most every 50 ms rather than before every read.
+    let promote_every = Duration::from_millis(50);
+    let mut last_promote: Option<tokio::time::Instant> = None;
     while !tx.is_closed() {
         // Move due retries back into the stream (any consumer may do it; the script is atomic).
-        if let Err(e) = inner
-            .conn
-            .script::<u64>(
-                &inner.promote,
-                &[&ctx.keys.wait, &ctx.keys.stream],
-                &[b"100"],
-            )
-            .await
-        {
-            tracing::debug!(error = %e, "promoting due retries failed");
+        if last_promote.is_none_or(|at| at.elapsed() >= promote_every) {
+            last_promote = Some(tokio::time::Instant::now());
+            match inner
+                .conn
+                .script::<u64>(
+                    &inner.promote,
+                    &[&ctx.keys.wait, &ctx.keys.stream],
+                    &[PROMOTE_BATCH.as_bytes()],
+                )
+                .await
+            {
+                // A full batch: more may be due, promote again on the next turn.
+                Ok(n) if n >= PROMOTE_BATCH_N => last_promote = None,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "promoting due retries failed"),
+            }
         }
         let room = tx.capacity().max(1).min(ctx.prefetch);
         let mut entries: Vec<Entry> = Vec::new();
@@ -628,7 +659,7 @@ async fn read_loop(ctx: ReaderCtx, tx: mpsc::Sender<Result<Entry, QueueError>>) 
             match r {
                 Ok(v) => {
                     backoff = Duration::from_millis(50);
-                    entries = parse_read_reply(&v);
+                    entries = parse_read_reply(v);
                 }
                 Err(e) => {
                     if tx.send(Err(e)).await.is_err() {
@@ -681,11 +712,7 @@ struct AckRequest {
 
 /// Acknowledges in batches: every ack that arrived while the previous round trip was in
 /// flight goes out in one `XACK` + `XDEL` pipeline.
-async fn ack_loop(
-    backend: RedisBackend,
-    keys: Arc<Keys>,
-    mut rx: mpsc::UnboundedReceiver<AckRequest>,
-) {
+async fn ack_loop(conn: Conn, keys: Arc<Keys>, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
         let ids: Vec<&str> = batch.iter().map(|a| a.id.as_str()).collect();
@@ -696,7 +723,7 @@ async fn ack_loop(
             .arg(&ids)
             .ignore();
         pipe.cmd("XDEL").arg(&keys.stream).arg(&ids).ignore();
-        let r = backend.inner.conn.pipe::<()>(&pipe).await;
+        let r = conn.pipe::<()>(&pipe).await;
         for a in batch.drain(..) {
             let _ = a.done.send(match &r {
                 Ok(()) => Ok(()),
@@ -898,41 +925,60 @@ fn value_u64(v: &Value) -> Option<u64> {
 /// `[[id, [field, value, …]], …]` → (id, value of field `e`). Entries without `e` (deleted
 /// or foreign) are skipped.
 fn parse_entries(v: &Value) -> Vec<Entry> {
+    parse_entries_owned(v.clone())
+}
+
+/// [`parse_entries`] taking the reply by value, so ids and bodies move out instead of being
+/// copied (the reader's hot path).
+fn parse_entries_owned(v: Value) -> Vec<Entry> {
     let Value::Array(items) = v else {
         return Vec::new();
     };
     items
-        .iter()
+        .into_iter()
         .filter_map(|item| {
             let Value::Array(pair) = item else {
                 return None;
             };
-            let id = value_string(pair.first()?)?;
-            let Value::Array(fields) = pair.get(1)? else {
+            let mut pair = pair.into_iter();
+            let id = match pair.next()? {
+                Value::BulkString(b) => String::from_utf8(b).ok()?,
+                other => value_string(&other)?,
+            };
+            let Value::Array(fields) = pair.next()? else {
                 return None;
             };
-            fields.chunks_exact(2).find_map(|kv| {
-                let is_e = matches!(&kv[0], Value::BulkString(k) if k == b"e");
-                match (&kv[1], is_e) {
-                    (Value::BulkString(body), true) => Some((id.clone(), body.clone())),
-                    _ => None,
+            let mut fields = fields.into_iter();
+            while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+                if let (Value::BulkString(k), Value::BulkString(body)) = (k, v)
+                    && k == b"e"
+                {
+                    return Some((id, body));
                 }
-            })
+            }
+            None
         })
         .collect()
 }
 
 /// `XREADGROUP` reply: nil, or `[[stream, entries]]` (RESP2) / a map (RESP3).
-fn parse_read_reply(v: &Value) -> Vec<Entry> {
+fn parse_read_reply(v: Value) -> Vec<Entry> {
     match v {
         Value::Array(streams) => streams
-            .iter()
+            .into_iter()
             .flat_map(|s| match s {
-                Value::Array(pair) => pair.get(1).map(parse_entries).unwrap_or_default(),
+                Value::Array(pair) => pair
+                    .into_iter()
+                    .nth(1)
+                    .map(parse_entries_owned)
+                    .unwrap_or_default(),
                 _ => Vec::new(),
             })
             .collect(),
-        Value::Map(m) => m.iter().flat_map(|(_, e)| parse_entries(e)).collect(),
+        Value::Map(m) => m
+            .into_iter()
+            .flat_map(|(_, e)| parse_entries_owned(e))
+            .collect(),
         _ => Vec::new(),
     }
 }

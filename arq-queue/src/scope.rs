@@ -50,4 +50,9 @@ impl MessageScope {
     pub async fn run<F: Future>(self, fut: F) -> F::Output {
         CURRENT.scope(self, fut).await
     }
+
+    /// Runs the synchronous `f` with `self` as the current scope (the worker's first poll).
+    pub(crate) fn run_sync<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
 }
