@@ -73,7 +73,7 @@ impl Default for ArqSource {
 }
 
 /// `[gateway]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     /// The gateway's port.
@@ -83,6 +83,10 @@ pub struct GatewaySection {
     /// Paths under the prefix the gateway serves without authentication, e.g. `/auth/login`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub public: Vec<String>,
+    /// `[gateway.resilience.ROUTE]`: per-route resilience settings, read by the gateway itself
+    /// (`arq_core::gateway::GatewayConfig::from_manifest`); kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resilience: Option<toml::Value>,
 }
 
 /// What kind of service a `[services.NAME]` entry is.

@@ -169,6 +169,16 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
         ],
     ),
     (
+        "manifest-gateway",
+        &[],
+        &[
+            ("Cargo.toml", r#"members = ["gateway", "#, "members = ["),
+            ("gateway/config/default.toml", "0.0.0.0:3000", "0.0.0.0:3010"),
+            ("arq.toml", r#"public = ["/tasks/shared"]"#, r#"public = ["/tasks/shared", "/billing/webhook"]"#),
+            ("compose.yaml", "  gateway:\n", "  edge:\n"),
+        ],
+    ),
+    (
         "config-schema",
         &[],
         &[

@@ -52,6 +52,12 @@ pub(crate) const RULES: &[Rule] = &[
         "Add the service's Deployment under deploy/k8s.",
     ),
     Rule::new(
+        "manifest-gateway",
+        Severity::Error,
+        "A platform's gateway (gateway/) is a workspace member, a compose service and, where deploy/k8s exists, a Deployment; it listens on arq.toml's [gateway] port; every [gateway] public path lies under a service's route.",
+        "`arq init` generates the gateway crate and its wiring; restore the missing piece, or fix the port or public path named in the finding.",
+    ),
+    Rule::new(
         "manifest-generated-drift",
         Severity::Warning,
         "Wiring files arq generated (compose.yaml, Dockerfiles, deploy/**) still have the content arq recorded in .arq/generated.toml.",
@@ -148,7 +154,128 @@ pub(crate) fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
     workspace(ctx, manifest, out);
     compose(ctx, manifest, out);
     k8s(ctx, manifest, out);
+    gateway(ctx, manifest, out);
     drift(ctx, out);
+}
+
+/// The gateway crate's directory in a platform.
+const GATEWAY_DIR: &str = "gateway";
+
+/// `manifest-gateway`: only for platforms (a root Cargo.toml with `[workspace]`); a standalone
+/// service has no gateway.
+fn gateway(ctx: &Ctx, manifest: &Manifest, out: &mut Vec<Finding>) {
+    let Some(cargo) = ctx
+        .files
+        .get("Cargo.toml")
+        .and_then(|f| f.text.parse::<toml::Table>().ok().map(|t| (f, t)))
+    else {
+        return;
+    };
+    let (cargo, cargo_table) = cargo;
+    let Some(workspace) = cargo_table.get("workspace") else {
+        return;
+    };
+    let gateway_line = ctx
+        .manifest_text
+        .as_deref()
+        .map_or(1, |t| line_where(t, |l| l.trim_start().starts_with("[gateway]")));
+    let mut finding = |path: &str, line: u32, message: String| {
+        out.push(Finding::new("manifest-gateway", path, line, message));
+    };
+    if !ctx.files.contains_key(&format!("{GATEWAY_DIR}/Cargo.toml")) {
+        finding(
+            MANIFEST_FILE,
+            gateway_line,
+            format!("the platform has no gateway crate: {GATEWAY_DIR}/Cargo.toml is missing"),
+        );
+        return;
+    }
+    let member = workspace
+        .get("members")
+        .and_then(toml::Value::as_array)
+        .is_some_and(|a| {
+            a.iter()
+                .filter_map(toml::Value::as_str)
+                .any(|m| m.trim_end_matches('/') == GATEWAY_DIR)
+        });
+    if !member {
+        finding(
+            "Cargo.toml",
+            line_where(&cargo.text, |l| l.trim_start().starts_with("members")),
+            format!("the gateway ({GATEWAY_DIR}) is not in [workspace] members"),
+        );
+    }
+    let compose = ["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"]
+        .iter()
+        .find_map(|n| ctx.files.get(*n));
+    if let Some(file) = compose
+        && let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(&file.text)
+        && !doc
+            .get("services")
+            .and_then(|s| s.as_mapping())
+            .is_some_and(|m| m.contains_key("gateway"))
+    {
+        finding(
+            &file.rel,
+            line_where(&file.text, |l| l.starts_with("services:")),
+            format!("the gateway is not under `services:` in {}", file.rel),
+        );
+    }
+    if ctx.files.keys().any(|p| p.starts_with("deploy/k8s/")) {
+        let docs = super::kubernetes::documents(ctx);
+        let found = docs
+            .iter()
+            .any(|d| d.kind() == "Deployment" && d.name() == Some("gateway"));
+        if !found {
+            finding(
+                MANIFEST_FILE,
+                gateway_line,
+                "the gateway has no Deployment named \"gateway\" under deploy/k8s".to_owned(),
+            );
+        }
+    }
+    let config = format!("{GATEWAY_DIR}/config/default.toml");
+    if let Some(file) = ctx.files.get(&config)
+        && let Ok(t) = file.text.parse::<toml::Table>()
+        && let Some(addr) = t
+            .get("server")
+            .and_then(|s| s.get("addr"))
+            .and_then(toml::Value::as_str)
+        && let Ok(addr) = addr.parse::<std::net::SocketAddr>()
+        && addr.port() != manifest.gateway.port
+    {
+        finding(
+            &config,
+            line_where(&file.text, |l| l.trim_start().starts_with("addr")),
+            format!(
+                "the gateway listens on port {} but arq.toml's [gateway] port is {}",
+                addr.port(),
+                manifest.gateway.port
+            ),
+        );
+    }
+    let routes: Vec<&str> = manifest
+        .services
+        .values()
+        .filter_map(|s| s.route.as_deref())
+        .collect();
+    for public in &manifest.gateway.public {
+        let p = public.trim_end_matches('/');
+        let covered = routes.iter().any(|r| {
+            let r = r.trim_end_matches('/');
+            p == r || p.strip_prefix(r).is_some_and(|rest| rest.starts_with('/'))
+        });
+        if !covered {
+            let line = ctx.manifest_text.as_deref().map_or(1, |t| {
+                line_where(t, |l| l.trim_start().starts_with("public") && l.contains(public.as_str()))
+            });
+            finding(
+                MANIFEST_FILE,
+                line,
+                format!("[gateway] public path {public:?} lies under no service's route; the gateway refuses to start"),
+            );
+        }
+    }
 }
 
 fn workspace(ctx: &Ctx, manifest: &Manifest, out: &mut Vec<Finding>) {

@@ -95,6 +95,7 @@ fn route_path(e: &syn::Expr) -> String {
             .parse_body_with(syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated)
             .ok()
             .and_then(|args| args.first().map(route_path))
+            .map(|p| p.replace("{{", "{").replace("}}", "}"))
             .unwrap_or_else(|| m.mac.tokens.to_string()),
         other => other.to_token_stream().to_string().replace(' ', ""),
     }
