@@ -29,6 +29,7 @@
 pub mod audit;
 pub mod context;
 pub mod crypto;
+pub mod db;
 pub mod migrate;
 pub mod propagate;
 pub mod resolve;
@@ -36,4 +37,5 @@ pub mod tx;
 
 pub use arq_core::TenantId;
 pub use resolve::{Tenant, TenantLayer};
+pub use db::DbConfig;
 pub use tx::{BeginMode, TenantPool, TenantTx, TenantTxLayer, TxError};
