@@ -3,7 +3,8 @@
 //! replica fallback counter.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use arq_core::metrics::prometheus_client::encoding::{EncodeMetric, MetricEncoder};
@@ -63,8 +64,9 @@ struct Inner {
     rollback: Histogram,
     transaction: Histogram,
     slow: Family<[(&'static str, Arc<str>); 1], Counter>,
-    slow_threshold: Mutex<Duration>,
-    statements: Mutex<Statements>,
+    /// Nanoseconds; an atomic because every query reads it.
+    slow_threshold_ns: AtomicU64,
+    statements: RwLock<Statements>,
     pools: Arc<Mutex<Vec<(&'static str, PgPool)>>>,
     waiters: Family<PoolLabels, Gauge>,
     acquire: Family<PoolLabels, Histogram, fn() -> Histogram>,
@@ -172,8 +174,8 @@ impl DbMetrics {
                 transaction,
                 family,
                 slow: Family::default(),
-                slow_threshold: Mutex::new(DEFAULT_SLOW_QUERY_THRESHOLD),
-                statements: Mutex::default(),
+                slow_threshold_ns: AtomicU64::new(nanos(DEFAULT_SLOW_QUERY_THRESHOLD)),
+                statements: RwLock::default(),
                 pools: Arc::default(),
                 waiters: Family::default(),
                 acquire: Family::new_with_constructor(histogram as fn() -> Histogram),
@@ -197,20 +199,14 @@ impl DbMetrics {
 
     /// Sets the slow-query threshold (default [`DEFAULT_SLOW_QUERY_THRESHOLD`]).
     pub fn set_slow_query_threshold(&self, threshold: Duration) {
-        *self
-            .inner
-            .slow_threshold
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = threshold;
+        self.inner
+            .slow_threshold_ns
+            .store(nanos(threshold), Ordering::Relaxed);
     }
 
     /// The slow-query threshold.
     pub fn slow_query_threshold(&self) -> Duration {
-        *self
-            .inner
-            .slow_threshold
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        Duration::from_nanos(self.inner.slow_threshold_ns.load(Ordering::Relaxed))
     }
 
     /// Records one transaction operation: `begin`, `commit`, `rollback` or `transaction`
@@ -249,10 +245,20 @@ impl DbMetrics {
     }
 
     fn statement(&self, sql: &str) -> (Arc<str>, Histogram) {
+        {
+            let s = self
+                .inner
+                .statements
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((fp, h)) = s.by_text.get(sql) {
+                return (fp.clone(), h.clone());
+            }
+        }
         let mut s = self
             .inner
             .statements
-            .lock()
+            .write()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some((fp, h)) = s.by_text.get(sql) {
             return (fp.clone(), h.clone());
@@ -351,6 +357,10 @@ impl EncodeMetric for PoolGauge {
     }
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Counts a task as waiting for a connection until dropped (also when the acquire is
 /// cancelled).
 pub(crate) struct Waiting(Gauge);
@@ -365,5 +375,44 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_labels_are_bounded() {
+        let registry = MetricsRegistry::new();
+        let m = DbMetrics::register(&registry).unwrap();
+        for i in 0..MAX_STATEMENT_LABELS + 50 {
+            // Distinct identifiers: distinct fingerprints.
+            m.observe_query(&format!("select c{i} from t"), Duration::from_millis(1));
+        }
+        // The same statement with different literals is one label.
+        for v in 0..10 {
+            m.observe_query(&format!("select c0 from t where v = {v}"), Duration::from_millis(1));
+        }
+        let text = registry.encode();
+        let labels = text
+            .lines()
+            .filter(|l| l.starts_with("db_query_duration_seconds_count{operation=\"query\""))
+            .count();
+        assert_eq!(labels, MAX_STATEMENT_LABELS + 1, "{MAX_STATEMENT_LABELS} and other");
+        assert!(text.contains(
+            "db_query_duration_seconds_count{operation=\"query\",statement=\"other\"} 60"
+        ));
+    }
+
+    #[test]
+    fn slow_queries_are_counted_at_the_threshold() {
+        let registry = MetricsRegistry::new();
+        let m = DbMetrics::register(&registry).unwrap();
+        m.set_slow_query_threshold(Duration::from_millis(100));
+        m.observe_query("select 1", Duration::from_millis(99));
+        m.observe_query("select 2", Duration::from_millis(100));
+        let text = registry.encode();
+        assert!(text.contains("db_slow_queries_total{statement=\"select ?\"} 1"), "{text}");
     }
 }

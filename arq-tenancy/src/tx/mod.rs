@@ -418,8 +418,12 @@ fn begin_statement_with(
     })
 }
 
-/// A transaction scoped to one tenant. Dereferences to the connection, so queries run with
-/// `.fetch_all(&mut *tx)`. Dropped without [`commit`](Self::commit), it rolls back.
+/// A transaction scoped to one tenant. Dropped without [`commit`](Self::commit), it rolls back.
+///
+/// Run queries through `&mut tx` (`.fetch_all(&mut tx)`): `&mut TenantTx` is a sqlx executor
+/// that times each query into `db_query_duration_seconds` under its statement fingerprint and
+/// logs it when slow (see [`DbMetrics`]). It also dereferences to the bare connection
+/// (`&mut *tx`), which runs the same queries untimed.
 pub struct TenantTx {
     tx: Option<Transaction<'static, Postgres>>,
     tenant: TenantId,
