@@ -269,7 +269,12 @@ fn main() {
     }
 
     rt.block_on(async {
-        for pool in [&s.folded, &s.parameterized, &s.no_timeout, &s.startup_timeout] {
+        for pool in [
+            &s.folded,
+            &s.parameterized,
+            &s.no_timeout,
+            &s.startup_timeout,
+        ] {
             pool.unscoped("bench teardown").close().await;
         }
         s.plain.close().await;

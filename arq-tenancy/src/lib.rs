@@ -37,6 +37,6 @@ pub mod resolve;
 pub mod tx;
 
 pub use arq_core::TenantId;
-pub use resolve::{Tenant, TenantLayer};
 pub use db::DbConfig;
+pub use resolve::{Tenant, TenantLayer};
 pub use tx::{BeginMode, TenantPool, TenantTx, TenantTxLayer, TxError};

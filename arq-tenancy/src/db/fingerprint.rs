@@ -56,7 +56,12 @@ pub fn fingerprint(sql: &str) -> String {
             }
             b'\'' => {
                 i = skip_quoted(b, i, b'\'');
-                literal(&mut out, &mut last_literal, &mut collapsed, &mut pending_space);
+                literal(
+                    &mut out,
+                    &mut last_literal,
+                    &mut collapsed,
+                    &mut pending_space,
+                );
                 continue;
             }
             b'"' => {
@@ -88,7 +93,12 @@ pub fn fingerprint(sql: &str) -> String {
                     i = sql[i + 1..]
                         .find(tag)
                         .map_or(b.len(), |p| i + 1 + p + tag.len());
-                    literal(&mut out, &mut last_literal, &mut collapsed, &mut pending_space);
+                    literal(
+                        &mut out,
+                        &mut last_literal,
+                        &mut collapsed,
+                        &mut pending_space,
+                    );
                 } else {
                     push(&mut out, &sql[start..i], &mut pending_space);
                 }
@@ -98,7 +108,12 @@ pub fn fingerprint(sql: &str) -> String {
                 {
                     i += 1;
                 }
-                literal(&mut out, &mut last_literal, &mut collapsed, &mut pending_space);
+                literal(
+                    &mut out,
+                    &mut last_literal,
+                    &mut collapsed,
+                    &mut pending_space,
+                );
             }
             b',' if last_literal => {
                 // Look past the comma: another literal continues the list.
@@ -136,7 +151,10 @@ pub fn fingerprint(sql: &str) -> String {
             _ if c.is_ascii_alphabetic() || c == b'_' || !c.is_ascii() => {
                 let start = i;
                 while i < b.len()
-                    && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || !b[i].is_ascii())
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || !b[i].is_ascii())
                 {
                     i += 1;
                 }
@@ -146,7 +164,12 @@ pub fn fingerprint(sql: &str) -> String {
                     && matches!(word, "E" | "e" | "B" | "b" | "X" | "x" | "N" | "n")
                 {
                     i = skip_quoted(b, i, b'\'');
-                    literal(&mut out, &mut last_literal, &mut collapsed, &mut pending_space);
+                    literal(
+                        &mut out,
+                        &mut last_literal,
+                        &mut collapsed,
+                        &mut pending_space,
+                    );
                     continue;
                 }
                 push(&mut out, word, &mut pending_space);
@@ -231,7 +254,10 @@ mod tests {
             "select ?, ?, ?, ?"
         );
         assert_eq!(fingerprint("select 'a''b'"), "select ?");
-        assert_eq!(fingerprint("select \"Col 1\" from t1"), "select \"Col 1\" from t1");
+        assert_eq!(
+            fingerprint("select \"Col 1\" from t1"),
+            "select \"Col 1\" from t1"
+        );
         assert_eq!(
             fingerprint("insert into t values (1, 'x', 3), (4, 'y', 6)"),
             "insert into t values (?, …), (?, …)"

@@ -168,8 +168,13 @@ impl DbConfig {
     /// assert_eq!(options.get_database(), Some("app"));
     /// # Ok::<(), arq_tenancy::db::DbError>(())
     /// ```
-    pub fn connect_options(&self, url: &Secret, which: &'static str) -> Result<PgConnectOptions, DbError> {
-        let options = PgConnectOptions::from_str(url.expose()).map_err(|_| DbError::Url { which })?;
+    pub fn connect_options(
+        &self,
+        url: &Secret,
+        which: &'static str,
+    ) -> Result<PgConnectOptions, DbError> {
+        let options =
+            PgConnectOptions::from_str(url.expose()).map_err(|_| DbError::Url { which })?;
         Ok(if self.pgbouncer {
             // Named prepared statements live on one server connection; PgBouncer < 1.21 hands
             // the next transaction another one. The unnamed statement is always safe.

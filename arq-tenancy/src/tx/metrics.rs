@@ -157,7 +157,10 @@ impl DbMetrics {
             Family::new_with_constructor(histogram as fn() -> Histogram);
         let op = |name: &'static str, sql: &'static str| {
             family
-                .get_or_create(&[("operation", Arc::from(name)), ("statement", Arc::from(sql))])
+                .get_or_create(&[
+                    ("operation", Arc::from(name)),
+                    ("statement", Arc::from(sql)),
+                ])
                 .clone()
         };
         let (begin, commit, rollback, transaction) = (
@@ -345,7 +348,9 @@ impl EncodeMetric for PoolGauge {
                 }
                 PoolKind::Max => {
                     let max = i64::from(pool.options().get_max_connections());
-                    encoder.encode_family(&[("pool", *name)])?.encode_gauge(&max)?;
+                    encoder
+                        .encode_family(&[("pool", *name)])?
+                        .encode_gauge(&max)?;
                 }
             }
         }
@@ -392,14 +397,21 @@ mod tests {
         }
         // The same statement with different literals is one label.
         for v in 0..10 {
-            m.observe_query(&format!("select c0 from t where v = {v}"), Duration::from_millis(1));
+            m.observe_query(
+                &format!("select c0 from t where v = {v}"),
+                Duration::from_millis(1),
+            );
         }
         let text = registry.encode();
         let labels = text
             .lines()
             .filter(|l| l.starts_with("db_query_duration_seconds_count{operation=\"query\""))
             .count();
-        assert_eq!(labels, MAX_STATEMENT_LABELS + 1, "{MAX_STATEMENT_LABELS} and other");
+        assert_eq!(
+            labels,
+            MAX_STATEMENT_LABELS + 1,
+            "{MAX_STATEMENT_LABELS} and other"
+        );
         assert!(text.contains(
             "db_query_duration_seconds_count{operation=\"query\",statement=\"other\"} 60"
         ));
@@ -413,6 +425,9 @@ mod tests {
         m.observe_query("select 1", Duration::from_millis(99));
         m.observe_query("select 2", Duration::from_millis(100));
         let text = registry.encode();
-        assert!(text.contains("db_slow_queries_total{statement=\"select ?\"} 1"), "{text}");
+        assert!(
+            text.contains("db_slow_queries_total{statement=\"select ?\"} 1"),
+            "{text}"
+        );
     }
 }

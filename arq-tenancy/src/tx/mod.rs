@@ -261,7 +261,11 @@ impl TenantPool {
         started: Instant,
     ) -> Result<TenantTx, TxError> {
         let inner = &self.inner;
-        let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
+        let begin = if read_only {
+            "BEGIN READ ONLY"
+        } else {
+            "BEGIN"
+        };
         let tx = match inner.mode {
             BeginMode::Folded => {
                 let sql = begin_statement_with(begin, tenant, inner.timeout_ms)?;
@@ -319,7 +323,10 @@ impl TenantPool {
     /// let health = pool.register_health(arq_core::health::Health::new(std::time::Duration::from_secs(2)));
     /// # let _ = health; }
     /// ```
-    pub fn register_health(&self, mut health: arq_core::health::Health) -> arq_core::health::Health {
+    pub fn register_health(
+        &self,
+        mut health: arq_core::health::Health,
+    ) -> arq_core::health::Health {
         for check in self.health_checks() {
             health = health.with_check(check);
         }

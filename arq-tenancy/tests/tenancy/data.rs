@@ -101,7 +101,11 @@ async fn query_histogram_is_in_metrics_by_fingerprint_without_values() {
     assert!(text.contains(
         "db_query_duration_seconds_count{operation=\"query\",statement=\"insert into tasks (tenant_id, title) values ($1, $2)\"} 1"
     ));
-    assert!(text.contains("db_query_duration_seconds_count{operation=\"commit\",statement=\"COMMIT\"} 1"));
+    assert!(
+        text.contains(
+            "db_query_duration_seconds_count{operation=\"commit\",statement=\"COMMIT\"} 1"
+        )
+    );
     for value in ["alpha-literal", "beta-literal", "gamma-parameter"] {
         assert!(!text.contains(value), "{value} leaked into /metrics");
     }
@@ -165,12 +169,18 @@ async fn pool_metrics_follow_the_load() {
     }
     let text = scrape(&registry).await;
     assert_eq!(
-        sample(&text, "db_pool_connections{pool=\"primary\",state=\"in_use\"}"),
+        sample(
+            &text,
+            "db_pool_connections{pool=\"primary\",state=\"in_use\"}"
+        ),
         Some(3.0),
         "{text}"
     );
     assert_eq!(sample(&text, "db_pool_size{pool=\"primary\"}"), Some(3.0));
-    assert_eq!(sample(&text, "db_pool_max_connections{pool=\"primary\"}"), Some(3.0));
+    assert_eq!(
+        sample(&text, "db_pool_max_connections{pool=\"primary\"}"),
+        Some(3.0)
+    );
 
     // A fourth transaction has to wait for a connection.
     let waiter = tokio::spawn({
@@ -185,10 +195,23 @@ async fn pool_metrics_follow_the_load() {
     waiter.await.unwrap();
     eventually(&registry, "db_pool_waiters{pool=\"primary\"}", 0.0).await;
     // Connections go back to the pool from a task of their own.
-    eventually(&registry, "db_pool_connections{pool=\"primary\",state=\"in_use\"}", 0.0).await;
-    eventually(&registry, "db_pool_connections{pool=\"primary\",state=\"idle\"}", 3.0).await;
+    eventually(
+        &registry,
+        "db_pool_connections{pool=\"primary\",state=\"in_use\"}",
+        0.0,
+    )
+    .await;
+    eventually(
+        &registry,
+        "db_pool_connections{pool=\"primary\",state=\"idle\"}",
+        3.0,
+    )
+    .await;
     let text = scrape(&registry).await;
-    assert_eq!(sample(&text, "db_pool_acquire_seconds_count{pool=\"primary\"}"), Some(4.0));
+    assert_eq!(
+        sample(&text, "db_pool_acquire_seconds_count{pool=\"primary\"}"),
+        Some(4.0)
+    );
 }
 
 /// Waits (yielding, bounded) until the sample reads `value`.
@@ -229,8 +252,8 @@ async fn read_only_transactions_run_on_the_replica_with_the_same_rls() {
         tx.commit().await.unwrap();
     }
     let registry = MetricsRegistry::new();
-    let pool = pool_with(&primary, &registry)
-        .with_replica(replica.app.clone(), ReplicaOptions::default());
+    let pool =
+        pool_with(&primary, &registry).with_replica(replica.app.clone(), ReplicaOptions::default());
 
     let mut read = pool.begin_read_only(a).await.unwrap();
     assert!(read.on_replica());
@@ -245,7 +268,10 @@ async fn read_only_transactions_run_on_the_replica_with_the_same_rls() {
         .execute(&mut read)
         .await
         .unwrap_err();
-    assert!(write.to_string().contains("read-only transaction"), "{write}");
+    assert!(
+        write.to_string().contains("read-only transaction"),
+        "{write}"
+    );
     drop(read);
 
     let mut write = pool.begin(a).await.unwrap();
@@ -311,25 +337,53 @@ async fn unreachable_replica_falls_back_to_the_primary_logs_once_and_recovers() 
             .execute(&mut tx)
             .await
             .unwrap_err();
-        assert!(write.to_string().contains("read-only transaction"), "{write}");
+        assert!(
+            write.to_string().contains("read-only transaction"),
+            "{write}"
+        );
     }
     let text = scrape(&registry).await;
-    assert_eq!(sample(&text, "db_replica_fallbacks_total"), Some(3.0), "{text}");
-    assert_eq!(logs.text().matches("read replica unreachable").count(), 1, "{}", logs.text());
+    assert_eq!(
+        sample(&text, "db_replica_fallbacks_total"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        logs.text().matches("read replica unreachable").count(),
+        1,
+        "{}",
+        logs.text()
+    );
     let checks = pool.health_checks();
-    arq_core::health::HealthCheck::check(&checks[0]).await.unwrap();
-    assert!(arq_core::health::HealthCheck::check(&checks[1]).await.is_err());
+    arq_core::health::HealthCheck::check(&checks[0])
+        .await
+        .unwrap();
+    assert!(
+        arq_core::health::HealthCheck::check(&checks[1])
+            .await
+            .is_err()
+    );
 
     // The replica comes back on the same port.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let proxy = tokio::spawn(forward(listener));
     let mut tx = pool.begin_read_only(tenant).await.unwrap();
     assert!(tx.on_replica());
     assert_eq!(current_database(&mut tx).await, replica.name);
     drop(tx);
-    assert_eq!(logs.text().matches("read replica reachable again").count(), 1);
-    arq_core::health::HealthCheck::check(&checks[1]).await.unwrap();
-    assert_eq!(sample(&scrape(&registry).await, "db_replica_fallbacks_total"), Some(3.0));
+    assert_eq!(
+        logs.text().matches("read replica reachable again").count(),
+        1
+    );
+    arq_core::health::HealthCheck::check(&checks[1])
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&scrape(&registry).await, "db_replica_fallbacks_total"),
+        Some(3.0)
+    );
     proxy.abort();
 }
 
