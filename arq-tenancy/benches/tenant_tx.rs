@@ -1,8 +1,11 @@
-//! Point select by id: through a tenant transaction (RLS, folded and parameterized begin) vs the
-//! same select in a plain transaction on a table without RLS, and in autocommit, same run.
+//! Point select by id: through a tenant transaction (RLS; the statement timeout per transaction
+//! or per connection; folded and parameterized begin; with and without the query metrics) vs the
+//! same select in a plain transaction on a table without RLS, and in autocommit, in paired,
+//! interleaved rounds.
 //!
 //! Needs the local PostgreSQL (`ARQ_TEST_DATABASE_URL` or the loopback default); creates and
-//! drops its own database. Run: `cargo bench -p arq-tenancy --bench tenant_tx`.
+//! drops its own database. Run: `cargo bench -p arq-tenancy --bench tenant_tx`
+//! (`ARQ_BENCH_ROUNDS` overrides the 300 rounds).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
+use arq_tenancy::db::DbConfig;
 use arq_tenancy::tx::{BeginMode, DEFAULT_STATEMENT_TIMEOUT, DbMetrics};
 use arq_tenancy::{TenantId, TenantPool};
-use criterion::{Criterion, criterion_group};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Executor};
 
@@ -29,8 +32,8 @@ struct Setup {
     folded: TenantPool,
     parameterized: TenantPool,
     plain: PgPool,
-    set_config: PgPool,
     no_timeout: TenantPool,
+    startup_timeout: TenantPool,
     base: PgConnectOptions,
     name: String,
 }
@@ -119,7 +122,16 @@ async fn setup() -> Setup {
             metrics,
         ),
         plain: app().await,
-        set_config: app().await,
+        // What `DbConfig::connect` builds: the timeout a startup parameter of the connection.
+        startup_timeout: DbConfig::new(format!(
+            "postgres://arq_app:arq_app@{}:{}/{name}",
+            base.get_host(),
+            base.get_port()
+        ))
+        .max_connections(1)
+        .connect_with_metrics(DbMetrics::register(&MetricsRegistry::new()).unwrap())
+        .await
+        .unwrap(),
         no_timeout: TenantPool::with_options(
             app().await,
             BeginMode::Folded,
@@ -143,19 +155,13 @@ async fn tenant_select(pool: &TenantPool, t: TenantId, id: i64) -> String {
     p
 }
 
-/// The alternative folded form, `BEGIN; SELECT set_config(...)`, for comparison with the
-/// `SET LOCAL` form the library sends.
-async fn set_config_select(pool: &PgPool, t: TenantId, id: i64) -> String {
-    let mut tx = pool
-        .begin_with(AssertSqlSafe(format!(
-            "BEGIN; SELECT set_config('app.tenant_id', '{t}', true), \
-             set_config('statement_timeout', '5000', true)"
-        )))
-        .await
-        .unwrap();
+/// The same through `&mut tx`: the query is timed into `db_query_duration_seconds` under its
+/// fingerprint and checked against the slow-query threshold.
+async fn observed_select(pool: &TenantPool, t: TenantId, id: i64) -> String {
+    let mut tx = pool.begin(t).await.unwrap();
     let p: String = sqlx::query_scalar("select payload from items where id = $1")
         .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -181,7 +187,7 @@ async fn autocommit_select(pool: &PgPool, id: i64) -> String {
         .unwrap()
 }
 
-fn bench(c: &mut Criterion) {
+fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,76 +202,42 @@ fn bench(c: &mut Criterion) {
         let id = 1 + ((n >> 17) as i64).rem_euclid(ROWS_PER_TENANT);
         (t, id)
     };
-    let mut g = c.benchmark_group("point_select");
-    g.warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
-    g.bench_function("tenant_tx_folded", |b| {
-        b.iter(|| {
-            let (t, id) = next();
-            rt.block_on(tenant_select(&s.folded, s.tenants[t], id));
-        });
-    });
-    g.bench_function("tenant_tx_parameterized", |b| {
-        b.iter(|| {
-            let (t, id) = next();
-            rt.block_on(tenant_select(&s.parameterized, s.tenants[t], id));
-        });
-    });
-    g.bench_function("tenant_tx_folded_set_config", |b| {
-        b.iter(|| {
-            let (t, id) = next();
-            rt.block_on(set_config_select(&s.set_config, s.tenants[t], id));
-        });
-    });
-    g.bench_function("plain_tx_no_rls", |b| {
-        b.iter(|| {
-            let (t, id) = next();
-            rt.block_on(plain_select(&s.plain, t as i64 * ROWS_PER_TENANT + id));
-        });
-    });
-    g.bench_function("autocommit_no_rls", |b| {
-        b.iter(|| {
-            let (t, id) = next();
-            rt.block_on(autocommit_select(&s.plain, t as i64 * ROWS_PER_TENANT + id));
-        });
-    });
-    g.finish();
 
     // Paired, interleaved rounds: every round runs a short burst of each variant (in a rotating
     // order), so a noisy neighbour on the shared machine hits all variants alike; the figures
     // reported are medians over rounds of each variant's throughput and of its per-round ratio
     // to the plain transaction.
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 7] = [
         "tenant_tx_folded",
+        "tenant_tx_startup_timeout",
+        "tenant_tx_observed",
+        "tenant_tx_folded_no_timeout",
         "tenant_tx_parameterized",
-        "tenant_tx_folded_set_config",
         "plain_tx_no_rls",
         "autocommit_no_rls",
-        "tenant_tx_folded_no_timeout",
     ];
-    const PLAIN: usize = 3;
-    let rounds = 300;
+    const PLAIN: usize = 5;
+    let rounds: usize = std::env::var("ARQ_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let per_round = 50;
-    let mut tput: Vec<[f64; 6]> = Vec::with_capacity(rounds);
-    let mut lat: [Vec<Duration>; 6] = Default::default();
+    // Warm-up: connections open, statements prepared, plans cached.
+    for k in 0..NAMES.len() * 200 {
+        let (t, id) = next();
+        run(&rt, &s, k % NAMES.len(), t, id);
+    }
+    let mut tput: Vec<[f64; NAMES.len()]> = Vec::with_capacity(rounds);
+    let mut lat: [Vec<Duration>; NAMES.len()] = Default::default();
     for round in 0..rounds {
-        let mut this = [0.0; 6];
+        let mut this = [0.0; NAMES.len()];
         for step in 0..NAMES.len() {
             let k = (round + step) % NAMES.len();
             let started = Instant::now();
             for _ in 0..per_round {
                 let (t, id) = next();
-                let global = t as i64 * ROWS_PER_TENANT + id;
                 let op = Instant::now();
-                match k {
-                    0 => drop(rt.block_on(tenant_select(&s.folded, s.tenants[t], id))),
-                    1 => drop(rt.block_on(tenant_select(&s.parameterized, s.tenants[t], id))),
-                    2 => drop(rt.block_on(set_config_select(&s.set_config, s.tenants[t], id))),
-                    3 => drop(rt.block_on(plain_select(&s.plain, global))),
-                    4 => drop(rt.block_on(autocommit_select(&s.plain, global))),
-                    _ => drop(rt.block_on(tenant_select(&s.no_timeout, s.tenants[t], id))),
-                }
+                run(&rt, &s, k, t, id);
                 lat[k].push(op.elapsed());
             }
             this[k] = f64::from(per_round) / started.elapsed().as_secs_f64();
@@ -297,11 +269,15 @@ fn bench(c: &mut Criterion) {
     }
 
     rt.block_on(async {
-        s.folded.unscoped("bench teardown").close().await;
-        s.parameterized.unscoped("bench teardown").close().await;
+        for pool in [
+            &s.folded,
+            &s.parameterized,
+            &s.no_timeout,
+            &s.startup_timeout,
+        ] {
+            pool.unscoped("bench teardown").close().await;
+        }
         s.plain.close().await;
-        s.set_config.close().await;
-        s.no_timeout.unscoped("bench teardown").close().await;
         let mut admin = s.base.connect().await.unwrap();
         admin
             .execute(AssertSqlSafe(format!(
@@ -313,9 +289,16 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
-
-fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+fn run(rt: &tokio::runtime::Runtime, s: &Setup, k: usize, t: usize, id: i64) {
+    let global = t as i64 * ROWS_PER_TENANT + id;
+    let tenant = s.tenants[t];
+    match k {
+        0 => drop(rt.block_on(tenant_select(&s.folded, tenant, id))),
+        1 => drop(rt.block_on(tenant_select(&s.startup_timeout, tenant, id))),
+        2 => drop(rt.block_on(observed_select(&s.startup_timeout, tenant, id))),
+        3 => drop(rt.block_on(tenant_select(&s.no_timeout, tenant, id))),
+        4 => drop(rt.block_on(tenant_select(&s.parameterized, tenant, id))),
+        5 => drop(rt.block_on(plain_select(&s.plain, global))),
+        _ => drop(rt.block_on(autocommit_select(&s.plain, global))),
+    }
 }

@@ -9,7 +9,8 @@
 //! |---|---|
 //! | [`resolve`] | [`TenantLayer`]: tenant from [`arq_core::CallerIdentity`], `X-Tenant-ID` as a checked selector, optional subdomains |
 //! | [`context`] | the task's current tenant, carried into spawned tasks |
-//! | [`tx`] | [`TenantPool`], [`TenantTx`] (axum extractor and worker function), [`TenantTxLayer`] |
+//! | [`db`] | [`DbConfig`]: pools (20 connections, PgBouncer, a read replica), statement fingerprints |
+//! | [`tx`] | [`TenantPool`], [`TenantTx`] (axum extractor and worker function), [`TenantTxLayer`], the database metrics and slow-query log |
 //! | [`migrate`] | the SQL support (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) and role setup |
 //! | [`audit`] | the start-up audit: [`audit::audit`] returns a report, [`audit::ensure_safe`] refuses to start |
 //! | [`propagate`] | tenant into and out of HTTP headers and queue envelopes |
@@ -29,11 +30,13 @@
 pub mod audit;
 pub mod context;
 pub mod crypto;
+pub mod db;
 pub mod migrate;
 pub mod propagate;
 pub mod resolve;
 pub mod tx;
 
 pub use arq_core::TenantId;
+pub use db::DbConfig;
 pub use resolve::{Tenant, TenantLayer};
 pub use tx::{BeginMode, TenantPool, TenantTx, TenantTxLayer, TxError};

@@ -26,8 +26,10 @@
 //! Admin and migration work that must see across tenants uses [`TenantPool::unscoped`], which
 //! takes a reason and logs it at `warn` on every call. It is deliberately noisy and easy to grep.
 
+mod exec;
 mod extract;
 mod metrics;
+mod replica;
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -35,12 +37,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arq_core::metrics::prometheus_client::metrics::gauge::Gauge;
+use arq_core::metrics::prometheus_client::metrics::histogram::Histogram;
 use arq_core::{IntoProblem, Problem, TenantId};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
-use sqlx::{AssertSqlSafe, Transaction};
+use sqlx::{AssertSqlSafe, SqlSafeStr, Transaction};
 
 pub use extract::{TenantTxLayer, TenantTxService};
-pub use metrics::DbMetrics;
+pub use metrics::{DEFAULT_SLOW_QUERY_THRESHOLD, DbMetrics, MAX_STATEMENT_LABELS};
+pub use replica::{PoolCheck, ReplicaOptions};
 
 /// The default statement timeout inside tenant transactions.
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,11 +112,16 @@ pub struct TenantPool {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     pool: PgPool,
+    replica: Option<Arc<replica::Replica>>,
     mode: BeginMode,
     timeout_ms: u128,
+    unnamed: bool,
     metrics: DbMetrics,
+    waiters: Gauge,
+    acquire: Histogram,
 }
 
 impl std::fmt::Debug for TenantPool {
@@ -118,6 +129,7 @@ impl std::fmt::Debug for TenantPool {
         f.debug_struct("TenantPool")
             .field("mode", &self.inner.mode)
             .field("statement_timeout_ms", &self.inner.timeout_ms)
+            .field("replica", &self.inner.replica.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -146,14 +158,45 @@ impl TenantPool {
         statement_timeout: Duration,
         metrics: DbMetrics,
     ) -> Self {
+        metrics.track_pool("primary", &pool);
         Self {
             inner: Arc::new(Inner {
                 pool,
+                replica: None,
                 mode,
                 timeout_ms: statement_timeout.as_millis(),
+                unnamed: false,
+                waiters: metrics.waiters("primary"),
+                acquire: metrics.acquire_histogram("primary"),
                 metrics,
             }),
         }
+    }
+
+    /// Adds a read replica: [`begin_read_only`](Self::begin_read_only) transactions run there
+    /// (with the same tenant setting, so the same row-level security) while it answers, and on
+    /// the primary while it does not, counted in `db_replica_fallbacks_total` and logged once
+    /// per outage. `replica` should have a short acquire timeout: a read waits that long
+    /// before falling back.
+    pub fn with_replica(mut self, replica: PgPool, options: ReplicaOptions) -> Self {
+        let metrics = self.inner.metrics.clone();
+        metrics.track_pool("replica", &replica);
+        Arc::make_mut(&mut self.inner).replica =
+            Some(Arc::new(replica::Replica::new(replica, options, &metrics)));
+        self
+    }
+
+    /// Queries run through `&mut tx` use only the unnamed prepared statement (for PgBouncer in
+    /// transaction mode before 1.21, where a named statement may be missing on the next
+    /// transaction's server connection).
+    pub fn unnamed_statements(mut self, yes: bool) -> Self {
+        Arc::make_mut(&mut self.inner).unnamed = yes;
+        self
+    }
+
+    /// The metrics handle this pool records into.
+    pub fn metrics(&self) -> &DbMetrics {
+        &self.inner.metrics
     }
 
     /// Audits the database as the pool's role ([`crate::audit::ensure_safe`]) and wraps the pool
@@ -178,17 +221,58 @@ impl TenantPool {
         self.inner.mode
     }
 
-    /// Begins a transaction scoped to `tenant`.
+    /// Begins a transaction scoped to `tenant` on the primary.
     pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, TxError> {
         let started = Instant::now();
+        let conn = acquire(&self.inner.pool, &self.inner.waiters, &self.inner.acquire).await?;
+        self.open(conn, tenant, false, false, started).await
+    }
+
+    /// Begins a read-only (`BEGIN READ ONLY`) transaction scoped to `tenant`: on the replica
+    /// when one is configured and answers, on the primary otherwise (see
+    /// [`with_replica`](Self::with_replica)). Writes in it fail on either.
+    pub async fn begin_read_only(&self, tenant: TenantId) -> Result<TenantTx, TxError> {
+        let started = Instant::now();
+        if let Some(replica) = &self.inner.replica {
+            if replica.should_try() {
+                match acquire(replica.pool(), replica.waiters(), replica.acquire()).await {
+                    Ok(conn) => match self.open(conn, tenant, true, true, started).await {
+                        Ok(tx) => {
+                            replica.mark_up();
+                            return Ok(tx);
+                        }
+                        Err(e) => replica.mark_down(&e),
+                    },
+                    Err(e) => replica.mark_down(&TxError::Database(e)),
+                }
+            }
+            self.inner.metrics.replica_fallback();
+        }
+        let conn = acquire(&self.inner.pool, &self.inner.waiters, &self.inner.acquire).await?;
+        self.open(conn, tenant, true, false, started).await
+    }
+
+    async fn open(
+        &self,
+        conn: PoolConnection<Postgres>,
+        tenant: TenantId,
+        read_only: bool,
+        on_replica: bool,
+        started: Instant,
+    ) -> Result<TenantTx, TxError> {
         let inner = &self.inner;
+        let begin = if read_only {
+            "BEGIN READ ONLY"
+        } else {
+            "BEGIN"
+        };
         let tx = match inner.mode {
             BeginMode::Folded => {
-                let sql = begin_statement(tenant, inner.timeout_ms)?;
-                inner.pool.begin_with(AssertSqlSafe(sql)).await?
+                let sql = begin_statement_with(begin, tenant, inner.timeout_ms)?;
+                Transaction::begin(conn, Some(AssertSqlSafe(sql).into_sql_str())).await?
             }
             BeginMode::Parameterized => {
-                let mut tx = inner.pool.begin().await?;
+                let mut tx = Transaction::begin(conn, Some(begin.into_sql_str())).await?;
                 // An empty timeout leaves the current value (the role's default) unchanged.
                 sqlx::query(
                     "select set_config('app.tenant_id', $1, true), \
@@ -213,8 +297,40 @@ impl TenantPool {
             tenant,
             started: Instant::now(),
             metrics: inner.metrics.clone(),
+            unnamed: inner.unnamed,
+            on_replica,
             slot: None,
         })
+    }
+
+    /// The readiness checks of this pool's database connections: `postgres_primary` and, with a
+    /// replica, `postgres_replica` (each runs `select 1` through its pool).
+    pub fn health_checks(&self) -> Vec<PoolCheck> {
+        let mut checks = vec![PoolCheck::new("postgres_primary", self.inner.pool.clone())];
+        if let Some(r) = &self.inner.replica {
+            checks.push(PoolCheck::new("postgres_replica", r.pool().clone()));
+        }
+        checks
+    }
+
+    /// Adds [`health_checks`](Self::health_checks) to `health`. A replica that does not answer
+    /// then fails readiness although reads fall back to the primary; a service that would
+    /// rather stay ready registers only the first check.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # fn demo(pool: arq_tenancy::TenantPool) {
+    /// let health = pool.register_health(arq_core::health::Health::new(std::time::Duration::from_secs(2)));
+    /// # let _ = health; }
+    /// ```
+    pub fn register_health(
+        &self,
+        mut health: arq_core::health::Health,
+    ) -> arq_core::health::Health {
+        for check in self.health_checks() {
+            health = health.with_check(check);
+        }
+        health
     }
 
     /// Runs `work` in a transaction scoped to `tenant` (and with `tenant` as the task's current
@@ -287,27 +403,41 @@ impl TenantPool {
 /// assert!(!begin_statement(t, 0).unwrap().contains("statement_timeout"));
 /// ```
 pub fn begin_statement(tenant: TenantId, timeout_ms: u128) -> Result<String, TxError> {
+    begin_statement_with("BEGIN", tenant, timeout_ms)
+}
+
+fn begin_statement_with(
+    begin: &'static str,
+    tenant: TenantId,
+    timeout_ms: u128,
+) -> Result<String, TxError> {
     let id = tenant.to_string();
     // Defence in depth: only the canonical UUID alphabet is ever formatted into SQL.
     if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(TxError::UnsafeTenantId);
     }
     Ok(if timeout_ms == 0 {
-        format!("BEGIN; SET LOCAL app.tenant_id = '{id}'")
+        format!("{begin}; SET LOCAL app.tenant_id = '{id}'")
     } else {
         format!(
-            "BEGIN; SET LOCAL app.tenant_id = '{id}'; SET LOCAL statement_timeout = {timeout_ms}"
+            "{begin}; SET LOCAL app.tenant_id = '{id}'; SET LOCAL statement_timeout = {timeout_ms}"
         )
     })
 }
 
-/// A transaction scoped to one tenant. Dereferences to the connection, so queries run with
-/// `.fetch_all(&mut *tx)`. Dropped without [`commit`](Self::commit), it rolls back.
+/// A transaction scoped to one tenant. Dropped without [`commit`](Self::commit), it rolls back.
+///
+/// Run queries through `&mut tx` (`.fetch_all(&mut tx)`): `&mut TenantTx` is a sqlx executor
+/// that times each query into `db_query_duration_seconds` under its statement fingerprint and
+/// logs it when slow (see [`DbMetrics`]). It also dereferences to the bare connection
+/// (`&mut *tx`), which runs the same queries untimed.
 pub struct TenantTx {
     tx: Option<Transaction<'static, Postgres>>,
     tenant: TenantId,
     started: Instant,
     metrics: DbMetrics,
+    unnamed: bool,
+    on_replica: bool,
     /// Set when the transaction belongs to a request: on drop it goes back to the request's slot
     /// so [`TenantTxLayer`] can commit or roll back once the response status is known.
     slot: Option<Arc<extract::Slot>>,
@@ -318,6 +448,7 @@ impl std::fmt::Debug for TenantTx {
         f.debug_struct("TenantTx")
             .field("tenant", &self.tenant)
             .field("open", &self.tx.is_some())
+            .field("on_replica", &self.on_replica)
             .finish_non_exhaustive()
     }
 }
@@ -326,6 +457,11 @@ impl TenantTx {
     /// The tenant this transaction is scoped to.
     pub fn tenant(&self) -> TenantId {
         self.tenant
+    }
+
+    /// Whether this transaction runs on the read replica.
+    pub fn on_replica(&self) -> bool {
+        self.on_replica
     }
 
     /// Commits. Records `db_query_duration_seconds{operation="commit"}` and the whole
@@ -397,9 +533,25 @@ impl Drop for TenantTx {
                 tenant: self.tenant,
                 started: self.started,
                 metrics: self.metrics.clone(),
+                unnamed: self.unnamed,
+                on_replica: self.on_replica,
                 slot: None,
             });
         }
         // Otherwise sqlx's Transaction rolls back on drop.
     }
+}
+
+/// Acquires a connection, counting the wait in `db_pool_waiters` and `db_pool_acquire_seconds`.
+async fn acquire(
+    pool: &PgPool,
+    waiters: &Gauge,
+    histogram: &Histogram,
+) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    let started = Instant::now();
+    let waiting = metrics::Waiting::start(waiters.clone());
+    let conn = pool.acquire().await;
+    drop(waiting);
+    histogram.observe(started.elapsed().as_secs_f64());
+    conn
 }

@@ -800,10 +800,10 @@ async fn statement_timeout_applies_and_metrics_are_recorded() {
     }
     let text = registry.encode();
     for line in [
-        "db_query_duration_seconds_count{operation=\"begin\"} 2",
-        "db_query_duration_seconds_count{operation=\"commit\"} 1",
-        "db_query_duration_seconds_count{operation=\"rollback\"} 1",
-        "db_query_duration_seconds_count{operation=\"transaction\"} 2",
+        "db_query_duration_seconds_count{operation=\"begin\",statement=\"BEGIN\"} 2",
+        "db_query_duration_seconds_count{operation=\"commit\",statement=\"COMMIT\"} 1",
+        "db_query_duration_seconds_count{operation=\"rollback\",statement=\"ROLLBACK\"} 1",
+        "db_query_duration_seconds_count{operation=\"transaction\",statement=\"*\"} 2",
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }

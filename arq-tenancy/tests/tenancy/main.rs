@@ -11,6 +11,7 @@
 
 mod common;
 mod crypto_pg;
+mod data;
 mod db;
 mod http_api;
 mod pgbouncer;

@@ -282,3 +282,59 @@ async fn a_session_level_setting_leaks_to_another_client() {
         c.close().await.unwrap();
     }
 }
+
+/// `DbConfig { pgbouncer: true }`: queries through `&mut tx` are prepared as the unnamed
+/// statement even when written as persistent (sqlx's default), so ten clients over two server
+/// connections never hit "prepared statement does not exist"; the statement timeout is set in
+/// each transaction because PgBouncer does not pass startup parameters on.
+#[tokio::test]
+async fn db_config_for_pgbouncer_needs_no_persistent_false() {
+    let db = TestDb::new(1).await;
+    db.app.close().await;
+    let bouncer = Bouncer::start(&db.name);
+    let url = format!(
+        "postgres://arq_app:arq_app@127.0.0.1:{}/{}",
+        bouncer.port, db.name
+    );
+    let registry = arq_core::metrics::MetricsRegistry::new();
+    let pool = arq_tenancy::DbConfig::new(url)
+        .max_connections(CLIENTS)
+        .pgbouncer(true)
+        .connect_with_metrics(arq_tenancy::tx::DbMetrics::register(&registry).unwrap())
+        .await
+        .unwrap();
+    let tenants: Vec<TenantId> = (0..5).map(|_| TenantId::generate()).collect();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS as usize {
+        let (pool, tenants) = (pool.clone(), tenants.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let t = tenants[(c + i) % tenants.len()];
+                let mut tx = pool.begin(t).await.unwrap();
+                sqlx::query("insert into tasks (tenant_id, title) values ($1, $2)")
+                    .bind(t.into_uuid())
+                    .bind(t.to_string())
+                    .execute(&mut tx)
+                    .await
+                    .unwrap();
+                let seen: Vec<uuid::Uuid> = sqlx::query_scalar("select tenant_id from tasks")
+                    .fetch_all(&mut tx)
+                    .await
+                    .unwrap();
+                assert!(seen.iter().all(|x| *x == t.into_uuid()));
+                let timeout: String = sqlx::query_scalar("show statement_timeout")
+                    .fetch_one(&mut tx)
+                    .await
+                    .unwrap();
+                assert_eq!(timeout, "5s");
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(registry.encode().contains(
+        "db_query_duration_seconds_count{operation=\"query\",statement=\"select tenant_id from tasks\"} 200"
+    ));
+}
