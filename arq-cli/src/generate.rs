@@ -121,8 +121,9 @@ pub fn plan_init(opts: &InitOptions, templates: &Templates) -> Result<Generated,
     let ctx = platform_context(&manifest, None);
     for t in templates.names_under("platform") {
         let out = output_path(&t, "platform");
-        // arq.toml and Cargo.toml belong to the user after init: only create them.
-        if (out == MANIFEST_FILE || out == "Cargo.toml") && plan.current(&out)?.is_some() {
+        // arq.toml, Cargo.toml and the kustomizations belong to the user after init (arq only
+        // edits them as documents): only create them.
+        if CREATE_ONLY.contains(&out.as_str()) && plan.current(&out)?.is_some() {
             continue;
         }
         plan.render(&out, &t, templates.render(&t, &ctx)?)?;
@@ -212,12 +213,17 @@ fn plan_in_platform(
     let ctx = platform_context(&new_manifest, Some((name, &entry)));
     for t in templates.names_under("service") {
         let out = format!("{rel_dir}/{}", output_path(&t, "service"));
-        plan.render(&out, &t, templates.render(&t, &ctx)?)?;
+        render_unless_empty(&mut plan, &out, &t, templates.render(&t, &ctx)?)?;
     }
+    for t in templates.names_under("service-platform") {
+        let out = output_path(&t, "service-platform").replace("__service__", name.as_str());
+        render_unless_empty(&mut plan, &out, &t, templates.render(&t, &ctx)?)?;
+    }
+    wire_kustomizations(&mut plan, name.as_str())?;
     // Files derived from the manifest are re-rendered so they always list every service.
     for t in templates.names_under("platform") {
         let out = output_path(&t, "platform");
-        if out == "compose.yaml" {
+        if DERIVED.contains(&out.as_str()) {
             plan.render(&out, &t, templates.render(&t, &ctx)?)?;
         }
     }
@@ -274,12 +280,140 @@ fn plan_standalone(
     let ctx = Value::from(minijinja::value::Serde(&ctx_struct));
     let mut plan = Plan::new(&root)?;
     for t in templates.names_under("service") {
-        plan.render(&output_path(&t, "service"), &t, templates.render(&t, &ctx)?)?;
+        let out = output_path(&t, "service");
+        render_unless_empty(&mut plan, &out, &t, templates.render(&t, &ctx)?)?;
     }
     Ok(Generated {
         plan: plan.finish(TEMPLATE_VERSION),
         summary: format!("standalone service {name} in {}", root.display()),
     })
+}
+
+/// Plans `out` from `template`, unless the template rendered nothing: templates that only apply
+/// to some kinds of service (a database's migrations, a worker's consumer) render empty for the
+/// others.
+fn render_unless_empty(
+    plan: &mut Plan,
+    out: &str,
+    template: &str,
+    content: String,
+) -> Result<(), GenerateError> {
+    if content.trim().is_empty() {
+        return Ok(());
+    }
+    plan.render(out, template, content)?;
+    Ok(())
+}
+
+/// The kustomization arq wires services into, and the overlays.
+pub const KUSTOMIZE_BASE: &str = "deploy/k8s/base/kustomization.yaml";
+/// The overlays with fixed replica counts: (kustomization, replicas per service).
+pub const KUSTOMIZE_FIXED_OVERLAYS: [(&str, u64); 2] = [
+    ("deploy/k8s/overlays/dev/kustomization.yaml", 1),
+    ("deploy/k8s/overlays/staging/kustomization.yaml", 3),
+];
+/// The production overlay, which lists each service's HorizontalPodAutoscaler.
+pub const KUSTOMIZE_PROD: &str = "deploy/k8s/overlays/prod/kustomization.yaml";
+
+/// Platform files rendered from the manifest, re-rendered whenever a service is added.
+const DERIVED: [&str; 4] = [
+    "compose.yaml",
+    ".github/workflows/ci.yml",
+    ".gitlab-ci.yml",
+    "deploy/monitoring/alerts.rules.yml",
+];
+
+/// Files `arq init` creates but never rewrites: the user owns them, arq edits them as documents.
+const CREATE_ONLY: [&str; 6] = [
+    MANIFEST_FILE,
+    "Cargo.toml",
+    KUSTOMIZE_BASE,
+    KUSTOMIZE_FIXED_OVERLAYS[0].0,
+    KUSTOMIZE_FIXED_OVERLAYS[1].0,
+    KUSTOMIZE_PROD,
+];
+
+/// Adds service `name` to the base kustomization's `resources`, to the fixed overlays'
+/// `replicas` and its autoscaler to the production overlay's `resources`.
+fn wire_kustomizations(plan: &mut Plan, name: &str) -> Result<(), GenerateError> {
+    edit_kustomization(plan, KUSTOMIZE_BASE, |k| {
+        add_to_sequence(k, "resources", serde_norway::Value::String(name.to_owned()))
+    })?;
+    for (path, count) in KUSTOMIZE_FIXED_OVERLAYS {
+        edit_kustomization(plan, path, |k| {
+            let mut entry = serde_norway::Mapping::new();
+            entry.insert("name".into(), name.into());
+            entry.insert("count".into(), count.into());
+            add_to_sequence(k, "replicas", serde_norway::Value::Mapping(entry))
+        })?;
+    }
+    edit_kustomization(plan, KUSTOMIZE_PROD, |k| {
+        add_to_sequence(
+            k,
+            "resources",
+            serde_norway::Value::String(format!("{name}-hpa.yaml")),
+        )
+    })
+}
+
+/// Appends `item` to the sequence under `key` unless an entry with the same `name` (or the
+/// same string) is there. Errors when `key` is missing or not a sequence.
+fn add_to_sequence(
+    k: &mut serde_norway::Mapping,
+    key: &str,
+    item: serde_norway::Value,
+) -> Result<bool, String> {
+    let seq = k
+        .get_mut(key)
+        .and_then(serde_norway::Value::as_sequence_mut)
+        .ok_or_else(|| format!("expected a `{key}:` list"))?;
+    let id = |v: &serde_norway::Value| match v {
+        serde_norway::Value::Mapping(m) => m.get("name").cloned(),
+        other => Some(other.clone()),
+    };
+    let wanted = id(&item);
+    if seq.iter().any(|v| id(v) == wanted) {
+        return Ok(false);
+    }
+    seq.push(item);
+    Ok(true)
+}
+
+/// Edits the kustomization at `path` as a YAML document, keeping its leading comment. Fails
+/// loudly when the file is missing or not the expected document; plans nothing when `edit`
+/// changes nothing.
+fn edit_kustomization(
+    plan: &mut Plan,
+    path: &str,
+    edit: impl FnOnce(&mut serde_norway::Mapping) -> Result<bool, String>,
+) -> Result<(), GenerateError> {
+    let text = plan.current(path)?.ok_or_else(|| {
+        GenerateError::Usage(format!(
+            "{path} is missing; restore it (arq init . recreates the platform's missing files) and re-run"
+        ))
+    })?;
+    let unexpected = |why: String| {
+        GenerateError::Usage(format!(
+            "{path}: {why}; arq wires services into it as a Kustomization document, so fix the file and re-run"
+        ))
+    };
+    let mut doc: serde_norway::Value =
+        serde_norway::from_str(&text).map_err(|e| unexpected(format!("not YAML ({e})")))?;
+    let map = doc
+        .as_mapping_mut()
+        .filter(|m| m.get("kind").and_then(serde_norway::Value::as_str) == Some("Kustomization"))
+        .ok_or_else(|| unexpected("expected a document with `kind: Kustomization`".to_owned()))?;
+    if !edit(map).map_err(unexpected)? {
+        return Ok(());
+    }
+    let header: String = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let body = serde_norway::to_string(&doc).map_err(|e| unexpected(e.to_string()))?;
+    plan.edit(path, "wire service", format!("{header}{body}"))?;
+    Ok(())
 }
 
 fn load_manifest(dir: &Path) -> Result<Option<(Manifest, DocumentMut)>, GenerateError> {
@@ -347,6 +481,7 @@ fn is_empty_dir(dir: &Path) -> Result<bool, GenerateError> {
 #[derive(Debug, Serialize)]
 struct Context {
     template_version: &'static str,
+    roles_sql: &'static str,
     arq_source_line: String,
     standalone: bool,
     platform: PlatformCtx,
@@ -358,6 +493,7 @@ struct Context {
 #[derive(Debug, Serialize)]
 struct PlatformCtx {
     name: String,
+    camel: String,
     gateway_port: u16,
     prefix: String,
 }
@@ -367,6 +503,8 @@ struct ArqDeps {
     core: String,
     /// arq-core with the `gateway` feature, for the generated gateway crate.
     core_gateway: String,
+    /// arq-core with its `testing` feature, for dev-dependencies.
+    core_testing: String,
     auth: String,
     tenancy: String,
     queue: String,
@@ -416,13 +554,17 @@ fn arq_dep(src: &ArqSource, krate: &str) -> String {
     }
 }
 
-/// `arq_dep` as an inline table with `features`.
+/// Like [`arq_dep`], as an inline table with `features`.
 fn arq_dep_with_features(src: &ArqSource, krate: &str, features: &[&str]) -> String {
+    let features = features
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let dep = arq_dep(src, krate);
-    let features = format!("features = {features:?}");
-    match dep.strip_suffix(" }") {
-        Some(table) => format!("{table}, {features} }}"),
-        None => format!("{{ version = {dep}, {features} }}"),
+    match dep.strip_prefix("{ ").and_then(|d| d.strip_suffix(" }")) {
+        Some(inner) => format!("{{ {inner}, features = [{features}] }}"),
+        None => format!("{{ version = {dep}, features = [{features}] }}"),
     }
 }
 
@@ -442,16 +584,23 @@ fn arq_source_line(src: &ArqSource) -> String {
 fn context_struct(m: &Manifest, service: Option<(&Name, &ServiceEntry)>) -> Context {
     Context {
         template_version: TEMPLATE_VERSION,
+        roles_sql: arq_tenancy::migrate::ROLES_SQL,
         arq_source_line: arq_source_line(&m.arq),
         standalone: false,
         platform: PlatformCtx {
             name: m.platform.name.clone(),
+            camel: m
+                .platform
+                .name
+                .parse::<Name>()
+                .map_or_else(|_| m.platform.name.clone(), |n| n.camel()),
             gateway_port: m.gateway.port,
             prefix: m.gateway.prefix.clone(),
         },
         arq: ArqDeps {
             core: arq_dep(&m.arq, "arq-core"),
             core_gateway: arq_dep_with_features(&m.arq, "arq-core", &["gateway"]),
+            core_testing: arq_dep_with_features(&m.arq, "arq-core", &["testing"]),
             auth: arq_dep(&m.arq, "arq-auth"),
             tenancy: arq_dep(&m.arq, "arq-tenancy"),
             queue: arq_dep(&m.arq, "arq-queue"),

@@ -204,6 +204,13 @@ impl Plan {
         let mut record = self.record.clone();
         record.template_version = template_version.to_owned();
         for s in &self.steps {
+            // A structured edit of a file arq generated keeps it arq's: record its new content,
+            // or `arq check` would report the edit as drift.
+            if s.kind == StepKind::Edit
+                && let Some(r) = record.files.get_mut(&s.path)
+            {
+                r.sha256 = sha256_hex(&s.new);
+            }
             if s.kind == StepKind::Rendered {
                 record.files.insert(
                     s.path.clone(),

@@ -93,8 +93,8 @@ fn a_broken_copy_reports_exactly_the_planted_problems() {
     // 2. an inline password in tasks' config.
     edit(
         "services/tasks/config/default.toml",
-        "addr = \"0.0.0.0:3001\"",
-        "addr = \"0.0.0.0:3001\"\n\n[database]\npassword = \"hunter2\"",
+        "shutdown_timeout = \"10s\"",
+        "shutdown_timeout = \"10s\"\n\n[cache]\npassword = \"hunter2\"",
     );
     // 3. tasks' Dockerfile runs as root (a generated file: also drift).
     edit("services/tasks/Dockerfile", "USER 10001:10001", "USER root");
@@ -113,8 +113,8 @@ services/billing/migrations/0001_invoices.sql:1 migrations-rls-enabled
 services/billing/migrations/0001_invoices.sql:1 migrations-rls-forced
 services/billing/migrations/0001_invoices.sql:1 migrations-tenant-policy
 services/tasks/Dockerfile:1 manifest-generated-drift
-services/tasks/Dockerfile:13 docker-non-root-user
-services/tasks/config/default.toml:7 config-inline-secret
+services/tasks/Dockerfile:16 docker-non-root-user
+services/tasks/config/default.toml:10 config-inline-secret
 ";
     assert_eq!(brief(&stdout(&o)), expected);
 }

@@ -60,6 +60,12 @@ fn platform() -> (tempfile::TempDir, PathBuf) {
 fn generated_files_snapshot() {
     let (_tmp, root) = platform();
     ok(&root, &["new", "service", "tasks"]);
+    ok(
+        &root,
+        &[
+            "new", "service", "billing", "--no-db", "--route", "/billing",
+        ],
+    );
     for (path, content) in tree(&root) {
         let name = path.to_string_lossy().replace(['/', '.'], "_");
         insta::assert_snapshot!(name, content);
@@ -272,4 +278,119 @@ fn template_overrides_are_used_and_reported() {
         std::fs::read_to_string(root.join("services/tasks/README.md")).unwrap(),
         "# custom tasks\n"
     );
+}
+
+#[test]
+fn kustomizations_are_wired_as_documents_and_unexpected_ones_refused() {
+    let (_tmp, root) = platform();
+    ok(&root, &["new", "service", "tasks"]);
+    let base = root.join("deploy/k8s/base/kustomization.yaml");
+    let mut text = std::fs::read_to_string(&base).unwrap();
+    assert!(text.contains("resources:\n- tasks\n"), "{text}");
+    // A user's own resource survives the next service's wiring.
+    text = text.replace("- tasks\n", "- tasks\n- extra.yaml\n");
+    std::fs::write(&base, &text).unwrap();
+    ok(&root, &["new", "service", "billing", "--no-db"]);
+    let text = std::fs::read_to_string(&base).unwrap();
+    assert!(
+        text.contains("- tasks\n- extra.yaml\n- billing\n"),
+        "{text}"
+    );
+    let dev =
+        std::fs::read_to_string(root.join("deploy/k8s/overlays/dev/kustomization.yaml")).unwrap();
+    assert!(dev.contains("- name: billing\n  count: 1\n"), "{dev}");
+    let prod =
+        std::fs::read_to_string(root.join("deploy/k8s/overlays/prod/kustomization.yaml")).unwrap();
+    assert!(prod.contains("- billing-hpa.yaml\n"), "{prod}");
+
+    // A document without the list arq edits is an error, and nothing is written.
+    let staging = root.join("deploy/k8s/overlays/staging/kustomization.yaml");
+    std::fs::write(
+        &staging,
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n",
+    )
+    .unwrap();
+    let before = tree(&root);
+    let err = fails(&root, &["new", "service", "mail", "--no-db"]);
+    assert!(
+        err.contains("overlays/staging/kustomization.yaml") && err.contains("`replicas:`"),
+        "{err}"
+    );
+    assert_eq!(before, tree(&root));
+    std::fs::write(&staging, "- not a kustomization\n").unwrap();
+    let err = fails(&root, &["new", "service", "mail", "--no-db"]);
+    assert!(err.contains("kind: Kustomization"), "{err}");
+}
+
+/// A tool from PATH or pip's user directory, if installed.
+fn tool(name: &str) -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/bin"));
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(home)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    // PyPI's kubernetes-validate bundles the OpenAPI schemas of each Kubernetes release and
+    // runs offline: `pip install kubernetes-validate`. scripts/check-generated requires it.
+    let Some(validate) = tool("kubernetes-validate") else {
+        eprintln!(
+            "SKIPPED: kubernetes-validate is not installed (pip install kubernetes-validate); scripts/check-generated runs this validation"
+        );
+        return;
+    };
+    let (_tmp, root) = platform();
+    ok(&root, &["new", "service", "tasks"]);
+    ok(&root, &["new", "service", "billing", "--no-db"]);
+    let manifests: Vec<PathBuf> = tree(&root)
+        .into_keys()
+        .filter(|p| p.starts_with("deploy/k8s") && !p.ends_with("kustomization.yaml"))
+        .map(|p| root.join(p))
+        .collect();
+    assert_eq!(manifests.len(), 14, "{manifests:?}");
+    let out = Command::new(validate)
+        .args(["--strict", "--quiet"])
+        .args(&manifests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "generated manifests do not validate:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    // Debian's prometheus package ships promtool; scripts/check-generated requires it.
+    let Some(promtool) = tool("promtool") else {
+        eprintln!(
+            "SKIPPED: promtool is not installed (apt-get install prometheus); scripts/check-generated runs this check"
+        );
+        return;
+    };
+    let (_tmp, root) = platform();
+    ok(&root, &["new", "service", "tasks"]);
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(root.join("deploy/monitoring/alerts.rules.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool rejects the alert rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/monitoring/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dashboard["panels"].as_array().unwrap().len(), 6);
 }
