@@ -82,11 +82,10 @@ pub(crate) fn next_request_id() -> RequestId {
     for i in 0..16 {
         buf[17 + i] = HEX[((n >> (60 - 4 * i)) & 15) as usize];
     }
-    // Hex digits and '-' are always a valid request id.
-    std::str::from_utf8(&buf)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(RequestId::generate)
+    // Hex digits and '-' are always a valid request id, so the id-level validation is skipped.
+    http::HeaderValue::from_bytes(&buf)
+        .map(RequestId::from_generated)
+        .unwrap_or_else(|_| RequestId::generate())
 }
 
 /// The request's trace context without OTLP export: the caller's trace with a new span id,

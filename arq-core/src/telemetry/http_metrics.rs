@@ -51,7 +51,9 @@ struct RouteHandles {
 #[derive(Clone)]
 pub struct HttpMetrics {
     family: Family<Labels, Histogram, fn() -> Histogram>,
-    routes: Arc<RwLock<HashMap<Box<str>, Arc<RouteHandles>>>>,
+    // foldhash, not SipHash: the key is a route template of the service's own router, and
+    // this lookup runs on every request.
+    routes: Arc<RwLock<HashMap<Box<str>, Arc<RouteHandles>, foldhash::fast::RandomState>>>,
     /// `http_requests_in_flight`.
     pub(crate) in_flight: Gauge,
 }
