@@ -7,7 +7,12 @@
 //! at info installed as in production. Run it under callgrind twice with different `n`; the
 //! difference divided by the difference in `n` is the per-request cost without set-up
 //! (`arq-core/benches/edge_callgrind.sh` does this).
-#![allow(missing_docs, clippy::unwrap_used, reason = "benchmark code")]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "benchmark code"
+)]
 
 use std::hint::black_box;
 use std::time::Duration;

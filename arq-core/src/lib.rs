@@ -40,6 +40,7 @@
 //! |---|---|
 //! | `cache` | [`cache`]: a two-tier (moka + Redis) tenant-scoped cache |
 //! | `testing` | [`testing`]: helpers for tests that need PostgreSQL, Redis or RabbitMQ |
+//! | `otlp` | [`telemetry::otlp`]: OpenTelemetry export over OTLP/HTTP with a parent-based ratio sampler |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

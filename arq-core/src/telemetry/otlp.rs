@@ -8,7 +8,7 @@
 //! The edge stack starts one server span per request through it, named
 //! `"{method} {route template}"`, with `http.request.method`, `url.path`, `http.route` and
 //! `http.response.status_code`. The span's ids *are* the request's
-//! [`TraceContext`](crate::TraceContext): the trace id is the caller's (or a new one), the span
+//! [`TraceContext`]: the trace id is the caller's (or a new one), the span
 //! id is what log lines show as `span_id` and what the outbound client sends as the parent of
 //! downstream calls, and the sampled flag sent downstream is the sampler's decision. `tracing`
 //! spans opened while the request is served become children of the server span when
