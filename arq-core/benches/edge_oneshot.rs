@@ -1,7 +1,18 @@
 //! In-process cost of the edge stack per request: the same hello router called through
 //! `oneshot`, bare and behind the stack (no sockets, so the machine's noise matters less than
 //! with wrk; the wrk comparison is `edge_http`).
-#![allow(missing_docs, clippy::unwrap_used, reason = "benchmark code")]
+//!
+//! Instruction counts, repeatable on a loaded machine: with `ARQ_ONESHOT=bare|arq` and
+//! `ARQ_ONESHOT_ITERS=n` the binary skips criterion and runs `n` requests, with JSON logging
+//! at info installed as in production. Run it under callgrind twice with different `n`; the
+//! difference divided by the difference in `n` is the per-request cost without set-up
+//! (`arq-core/benches/edge_callgrind.sh` does this).
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "benchmark code"
+)]
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -12,7 +23,7 @@ use arq_core::metrics::MetricsRegistry;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use http::Request;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -57,4 +68,44 @@ fn edge(c: &mut Criterion) {
 }
 
 criterion_group!(benches, edge);
-criterion_main!(benches);
+
+fn main() {
+    if let (Ok(which), Ok(iters)) = (
+        std::env::var("ARQ_ONESHOT"),
+        std::env::var("ARQ_ONESHOT_ITERS"),
+    ) {
+        fixed(&which, iters.parse().unwrap());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// `iters` requests through `which` (`bare` or `arq`), for instruction counting.
+fn fixed(which: &str, iters: u64) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(arq_core::telemetry::json_layer(std::io::sink))
+        .init();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let svc = match which {
+        "bare" => tower::util::BoxCloneService::new(router()),
+        "arq" => tower::util::BoxCloneService::new(
+            EdgeStack::from_config(&ArqConfig::default(), &MetricsRegistry::new())
+                .unwrap()
+                .wrap(router()),
+        ),
+        other => panic!("ARQ_ONESHOT must be bare or arq, not {other:?}"),
+    };
+    rt.block_on(async {
+        for _ in 0..iters {
+            let r = svc.clone().oneshot(req()).await.unwrap();
+            black_box(r.into_body().collect().await.unwrap());
+        }
+    });
+}

@@ -48,6 +48,13 @@ impl RequestId {
         Self(HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("unknown")))
     }
 
+    /// Wraps a header value the caller built from visible ASCII only (the edge stack's own
+    /// generated ids), skipping the validation [`RequestId::from_header_value`] does.
+    pub(crate) fn from_generated(value: HeaderValue) -> Self {
+        debug_assert!(validate(value.as_bytes()).is_ok());
+        Self(value)
+    }
+
     /// Validates a header value received from a caller.
     pub fn from_header_value(value: &HeaderValue) -> Result<Self, ParseRequestIdError> {
         validate(value.as_bytes())?;

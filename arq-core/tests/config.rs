@@ -288,6 +288,29 @@ fn service_sections_deserialize_with_serde() {
     assert!(err.to_string().contains("ARQ__APP__WORKERS"), "{err}");
 }
 
+#[test]
+fn sampling_ratio_outside_zero_to_one_or_nan_is_refused_with_its_origin() {
+    let dir = Dir::new(&[]);
+    for bad in ["-0.1", "1.01", "nan", "-inf"] {
+        let err = load(&dir, "test", &[("ARQ__TELEMETRY__SAMPLING_RATIO", bad)]).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems().len(), 1, "{text}");
+        assert_eq!(err.problems()[0].key, "telemetry.sampling_ratio");
+        assert!(
+            text.contains("ARQ__TELEMETRY__SAMPLING_RATIO"),
+            "{bad}: {text}"
+        );
+        assert!(
+            text.contains("between 0.0 and 1.0") || text.contains("expected a finite number"),
+            "{bad}: {text}"
+        );
+    }
+    for good in ["0", "0.01", "1"] {
+        let c = load(&dir, "test", &[("ARQ__TELEMETRY__SAMPLING_RATIO", good)]).unwrap();
+        assert_eq!(c.telemetry.sampling_ratio, good.parse::<f64>().unwrap());
+    }
+}
+
 proptest::proptest! {
     #[test]
     fn arbitrary_variable_values_never_panic(key in "[A-Z_]{1,12}", section in "[A-Z_]{1,10}", value in ".{0,30}") {

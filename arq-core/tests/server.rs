@@ -221,6 +221,8 @@ fn pki() -> Pki {
     std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
     std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
     Pki {
         dir,
         ca_pem: ca.pem(),
@@ -333,6 +335,44 @@ async fn mutual_tls_requires_a_client_certificate() {
         .await
         .unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "1"));
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+#[tokio::test]
+async fn the_outbound_client_presents_its_certificate_to_a_mutual_tls_server() {
+    use arq_core::client::{ClientError, HttpClient};
+    let pki = pki();
+    let mut cfg = config(&[]);
+    cfg.server.tls = Some(
+        TlsConfig::new(pki.dir.join("server.pem"), pki.dir.join("server.key"))
+            .with_client_ca(pki.dir.join("ca.pem")),
+    );
+    let s = start(&cfg).await;
+    let url = format!("https://localhost:{}/peer", s.addr.port());
+    let registry = MetricsRegistry::new();
+    let metrics = arq_core::client::ClientMetrics::register(&registry).unwrap();
+    let with_cert = HttpClient::builder("peer")
+        .tls_files(
+            &pki.dir.join("ca.pem"),
+            Some((&pki.dir.join("client.pem"), &pki.dir.join("client.key"))),
+        )
+        .unwrap()
+        .metrics(metrics.clone())
+        .build(&registry)
+        .unwrap();
+    let r = with_cert.get(&url).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"1", "the server saw the client's certificate");
+
+    let without = HttpClient::builder("peer")
+        .tls_files(&pki.dir.join("ca.pem"), None)
+        .unwrap()
+        .metrics(metrics)
+        .build(&registry)
+        .unwrap();
+    let err = without.get(&url).await.unwrap_err();
+    assert!(matches!(err, ClientError::Transport { .. }), "{err}");
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
 

@@ -6,18 +6,38 @@
 //! `http_client_request_duration_seconds` (labels `dependency`, `method`, `status_class`,
 //! where transport failures are `error`).
 //!
-//! Layers, outermost first: metrics ⊃ context propagation ⊃ the per-dependency resilience
-//! slot ([`HttpClientBuilder::resilience`]: retry ⊃ breaker ⊃ bulkhead ⊃ per-attempt timeout) ⊃
-//! the per-attempt timeout ⊃ hyper's pooled client (HTTP/1.1 and HTTP/2, TLS through rustls, an
-//! optional client certificate for mutual TLS).
+//! Layers, outermost first: metrics ⊃ context propagation ⊃ the dependency's resilience stack
+//! ([`HttpClientBuilder::dependency`], from [`crate::resilience`]: retry ⊃ circuit breaker ⊃
+//! bulkhead ⊃ per-attempt timeout) ⊃ an optional custom layer ([`HttpClientBuilder::resilience`])
+//! ⊃ hyper's pooled client (HTTP/1.1 and HTTP/2, TLS through rustls, an optional client
+//! certificate for mutual TLS).
+//!
+//! Retries: only idempotent requests (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, or any request
+//! carrying [`Idempotent`](crate::resilience::Idempotent)) are sent again, after a transport
+//! error, a timeout, or a 5xx other than 501/505; a 429 or 503 with `Retry-After` waits that long
+//! (capped by the retry policy). A request body is buffered so it can be replayed only when its
+//! length is known and at most [`HttpClientBuilder::retry_body_limit`]; larger bodies and
+//! streaming bodies are sent once. Breaker, bulkhead and timeout failures come back as
+//! [`ClientError::CircuitOpen`], [`ClientError::BulkheadFull`] and [`ClientError::Timeout`]; the
+//! resilience metrics (`arq_circuit_breaker_*`, `arq_bulkhead_*`, `arq_retry_attempts`,
+//! `arq_timeouts`) are recorded by the dependency, labelled with its name.
 //!
 //! # Example
 //! ```no_run
 //! use arq_core::client::HttpClient;
 //! use arq_core::metrics::MetricsRegistry;
+//! use arq_core::resilience::{DependencyKind, ResilienceMetrics, ResilienceRegistry, ResilienceSettings};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let billing = HttpClient::builder("billing").build(&MetricsRegistry::new())?;
+//! let metrics = MetricsRegistry::new();
+//! // Usually `layers.section::<ResilienceSettings>("resilience")?` from the loaded config.
+//! let settings: ResilienceSettings =
+//!     serde_json::from_str(r#"{"dependencies": {"billing": {"kind": "http", "max_attempts": 2}}}"#)?;
+//! let resilience = ResilienceRegistry::from_settings(&settings, ResilienceMetrics::register(&metrics)?)?;
+//!
+//! let billing = HttpClient::builder("billing")
+//!     .dependency(resilience.dependency("billing", DependencyKind::Http)?)
+//!     .build(&metrics)?;
 //! let response = billing.get("http://billing:8080/invoices/7").await?;
 //! assert!(response.status().is_success());
 //! # Ok(()) }
@@ -29,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use axum::BoxError;
 use axum::body::Body;
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Request, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -39,6 +60,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::metrics::{MetricsError, MetricsRegistry};
+use crate::resilience::{CloneBody, Dependency, HttpClassifier, ResilienceError, RetryRequest};
 use crate::{REQUEST_ID_HEADER, RequestId, TraceContext};
 
 /// The header outbound calls carry the tenant in.
@@ -70,7 +92,29 @@ pub enum ClientError {
         /// The underlying error.
         source: BoxError,
     },
-    /// A resilience layer refused or failed the call (open breaker, full bulkhead, …).
+    /// The dependency's circuit breaker is open: the call was not sent.
+    #[error("the call to {dependency} was not sent: its circuit breaker is open{}", retry_after.map(|d| format!(" (retry in {} ms)", d.as_millis())).unwrap_or_default())]
+    CircuitOpen {
+        /// The dependency called.
+        dependency: String,
+        /// When the breaker lets a probe through, if known.
+        retry_after: Option<Duration>,
+    },
+    /// The dependency's bulkhead is full: too many calls in flight and waiting.
+    #[error("the call to {dependency} was not sent: too many calls to it are in flight")]
+    BulkheadFull {
+        /// The dependency called.
+        dependency: String,
+    },
+    /// The request body could not be read for buffering.
+    #[error("the request body for {dependency} could not be read: {source}")]
+    Body {
+        /// The dependency called.
+        dependency: String,
+        /// The body's error.
+        source: BoxError,
+    },
+    /// A custom resilience layer refused or failed the call.
     #[error("the call to {dependency} was refused: {source}")]
     Refused {
         /// The dependency called.
@@ -125,21 +169,55 @@ impl ClientMetrics {
 
 type Resilience = Arc<dyn Fn(ClientService) -> ClientService + Send + Sync>;
 
+/// The largest request body buffered for replay by default: 64 KiB.
+pub const DEFAULT_RETRY_BODY_LIMIT: usize = 64 * 1024;
+
+/// A request body as the retry layer sees it: bytes it can send again, or a stream it cannot.
+enum ReplayBody {
+    Buffered(Bytes),
+    Streaming(Body),
+}
+
+impl CloneBody for ReplayBody {
+    fn try_clone_body(&self) -> Option<Self> {
+        match self {
+            Self::Buffered(b) => Some(Self::Buffered(b.clone())),
+            Self::Streaming(_) => None,
+        }
+    }
+}
+
+impl From<ReplayBody> for Body {
+    fn from(b: ReplayBody) -> Self {
+        match b {
+            ReplayBody::Buffered(b) => Body::from(b),
+            ReplayBody::Streaming(b) => b,
+        }
+    }
+}
+
+type AttemptService =
+    BoxCloneSyncService<Request<ReplayBody>, Response<Body>, ResilienceError<ClientError>>;
+
 /// Builds an [`HttpClient`] for one dependency.
 pub struct HttpClientBuilder {
-    dependency: String,
+    name: String,
     timeout: Duration,
     tls: Option<rustls::ClientConfig>,
     resilience: Option<Resilience>,
+    dependency: Option<Dependency>,
+    retry_body_limit: usize,
     metrics: Option<ClientMetrics>,
 }
 
 impl std::fmt::Debug for HttpClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpClientBuilder")
-            .field("dependency", &self.dependency)
+            .field("name", &self.name)
             .field("timeout", &self.timeout)
             .field("resilience", &self.resilience.is_some())
+            .field("dependency", &self.dependency)
+            .field("retry_body_limit", &self.retry_body_limit)
             .finish_non_exhaustive()
     }
 }
@@ -161,7 +239,8 @@ pub(crate) fn default_tls() -> Result<rustls::ClientConfig, String> {
 }
 
 impl HttpClientBuilder {
-    /// The per-attempt timeout (default 10 s, the pinned external-call timeout).
+    /// The per-attempt timeout (default 10 s, the pinned external-call timeout) when no
+    /// [`dependency`](Self::dependency) is set; a dependency's own timeout replaces it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -216,8 +295,23 @@ impl HttpClientBuilder {
         self
     }
 
-    /// The per-dependency resilience slot: a tower layer (from the resilience module: retry ⊃
-    /// breaker ⊃ bulkhead ⊃ timeout) wrapped around every attempt.
+    /// Applies `dependency`'s resilience stack (retry ⊃ breaker ⊃ bulkhead ⊃ timeout) to every
+    /// call, classifying responses with [`HttpClassifier`]: 5xx and transport errors are
+    /// failures, idempotent requests are retried as the module docs describe.
+    pub fn dependency(mut self, dependency: Dependency) -> Self {
+        self.dependency = Some(dependency);
+        self
+    }
+
+    /// The largest request body buffered so an idempotent request can be retried (default
+    /// [`DEFAULT_RETRY_BODY_LIMIT`]); bodies of unknown or larger size are sent once.
+    pub fn retry_body_limit(mut self, bytes: usize) -> Self {
+        self.retry_body_limit = bytes;
+        self
+    }
+
+    /// A custom tower layer around every attempt, inside the dependency's stack (it sees each
+    /// attempt, retries included).
     pub fn resilience<L>(mut self, layer: L) -> Self
     where
         L: Layer<ClientService> + Send + Sync + 'static,
@@ -258,43 +352,75 @@ impl HttpClientBuilder {
         let hyper_client: hyper_util::client::legacy::Client<_, Body> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(connector);
-        let dependency: Arc<str> = self.dependency.into();
-        let timeout = self.timeout;
-        let dep = Arc::clone(&dependency);
+        let name: Arc<str> = self.name.into();
+        // Without a dependency stack the attempt carries the timeout itself.
+        let timeout = self.dependency.is_none().then_some(self.timeout);
+        let dep = Arc::clone(&name);
         let attempt = tower::service_fn(move |req: Request<Body>| {
             let client = hyper_client.clone();
             let dep = Arc::clone(&dep);
             async move {
-                match tokio::time::timeout(timeout, client.request(req)).await {
-                    Ok(Ok(r)) => Ok(r.map(Body::new)),
-                    Ok(Err(e)) => Err(BoxError::from(ClientError::Transport {
+                let exchange = client.request(req);
+                let result = match timeout {
+                    Some(t) => match tokio::time::timeout(t, exchange).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err(BoxError::from(ClientError::Timeout {
+                                dependency: dep.to_string(),
+                                timeout: t,
+                            }));
+                        }
+                    },
+                    None => exchange.await,
+                };
+                result.map(|r| r.map(Body::new)).map_err(|e| {
+                    BoxError::from(ClientError::Transport {
                         dependency: dep.to_string(),
                         source: Box::new(e),
-                    })),
-                    Err(_) => Err(BoxError::from(ClientError::Timeout {
-                        dependency: dep.to_string(),
-                        timeout,
-                    })),
-                }
+                    })
+                })
             }
         });
         let mut inner: ClientService = BoxCloneSyncService::new(attempt);
         if let Some(r) = &self.resilience {
             inner = r(inner);
         }
+        let dep = Arc::clone(&name);
+        let inner =
+            tower::ServiceExt::map_request(inner, |req: Request<ReplayBody>| req.map(Body::from));
+        let inner =
+            tower::ServiceExt::map_err(inner, move |e: BoxError| into_client_error(&dep, e));
+        let inner: AttemptService = match &self.dependency {
+            None => {
+                BoxCloneSyncService::new(tower::ServiceExt::map_err(inner, ResilienceError::Inner))
+            }
+            Some(d) => BoxCloneSyncService::new(Layer::layer(&d.layer_with(HttpClassifier), inner)),
+        };
         Ok(HttpClient {
-            dependency,
+            dependency: name,
             inner,
+            retry_body_limit: self.retry_body_limit,
             metrics,
         })
     }
 }
 
-/// A client for one dependency; clones share the connection pool.
+fn into_client_error(dependency: &str, e: BoxError) -> ClientError {
+    match e.downcast::<ClientError>() {
+        Ok(c) => *c,
+        Err(other) => ClientError::Refused {
+            dependency: dependency.to_owned(),
+            source: other,
+        },
+    }
+}
+
+/// A client for one dependency; clones share the connection pool and the resilience state.
 #[derive(Clone)]
 pub struct HttpClient {
     dependency: Arc<str>,
-    inner: ClientService,
+    inner: AttemptService,
+    retry_body_limit: usize,
     metrics: ClientMetrics,
 }
 
@@ -334,10 +460,12 @@ impl HttpClient {
     /// A builder for calls to `dependency` (the name in metrics and errors).
     pub fn builder(dependency: impl Into<String>) -> HttpClientBuilder {
         HttpClientBuilder {
-            dependency: dependency.into(),
+            name: dependency.into(),
             timeout: Duration::from_secs(10),
             tls: None,
             resilience: None,
+            dependency: None,
+            retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
             metrics: None,
         }
     }
@@ -347,6 +475,7 @@ impl HttpClient {
         inject_context(req.headers_mut());
         let method = req.method().to_string();
         let start = Instant::now();
+        let req = self.replayable(req).await?;
         let result = tower::ServiceExt::oneshot(self.inner.clone(), req).await;
         let status_class = match &result {
             Ok(r) => match r.status().as_u16() / 100 {
@@ -366,13 +495,44 @@ impl HttpClient {
                 status_class,
             })
             .observe(start.elapsed().as_secs_f64());
-        result.map_err(|e| match e.downcast::<ClientError>() {
-            Ok(c) => *c,
-            Err(other) => ClientError::Refused {
-                dependency: self.dependency.to_string(),
-                source: other,
+        let dependency = || self.dependency.to_string();
+        result.map_err(|e| match e {
+            ResilienceError::Inner(c) => c,
+            ResilienceError::CircuitOpen(open) => ClientError::CircuitOpen {
+                dependency: dependency(),
+                retry_after: open.retry_after(),
+            },
+            ResilienceError::BulkheadFull(_) => ClientError::BulkheadFull {
+                dependency: dependency(),
+            },
+            ResilienceError::Timeout(t) => ClientError::Timeout {
+                dependency: dependency(),
+                timeout: t.after(),
             },
         })
+    }
+
+    /// Buffers the body of an idempotent request when its size is known and within the
+    /// limit, so the retry layer can send it again; everything else streams, once.
+    async fn replayable(&self, req: Request<Body>) -> Result<Request<ReplayBody>, ClientError> {
+        use http_body::Body as _;
+        let small = req
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= self.retry_body_limit as u64);
+        if !(small && req.is_idempotent()) {
+            return Ok(req.map(ReplayBody::Streaming));
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|e| ClientError::Body {
+                dependency: self.dependency.to_string(),
+                source: e.into(),
+            })?
+            .to_bytes();
+        Ok(Request::from_parts(parts, ReplayBody::Buffered(bytes)))
     }
 
     /// `GET url`.

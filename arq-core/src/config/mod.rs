@@ -721,7 +721,8 @@ pub struct TelemetryConfig {
     pub log_level: String,
     /// `log_format`: `json` (default) or `pretty`.
     pub log_format: LogFormat,
-    /// `otlp_endpoint`: where OTLP traces go (feature `otel`); unset disables export.
+    /// `otlp_endpoint`: the OTLP/HTTP receiver traces go to, like `http://collector:4318` (feature
+    /// `otlp`, see `telemetry::otlp`); unset disables export.
     pub otlp_endpoint: Option<String>,
     /// `sampling_ratio`: the share of new traces sampled, 0.0 to 1.0 (default 1.0; 0.01 in
     /// production).

@@ -40,6 +40,9 @@ pub(crate) struct CoreSettings {
     pub(crate) sensitive: Arc<[HeaderName]>,
     pub(crate) sampling_ratio: f64,
     pub(crate) metrics: HttpMetrics,
+    /// The OTLP tracer server spans are started with, when export is on.
+    #[cfg(feature = "otlp")]
+    pub(crate) otlp: Option<opentelemetry_sdk::trace::Tracer>,
 }
 
 /// The fused outer service; see the module docs.
@@ -79,11 +82,19 @@ pub(crate) fn next_request_id() -> RequestId {
     for i in 0..16 {
         buf[17 + i] = HEX[((n >> (60 - 4 * i)) & 15) as usize];
     }
-    // Hex digits and '-' are always a valid request id.
-    std::str::from_utf8(&buf)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(RequestId::generate)
+    // Hex digits and '-' are always a valid request id, so the id-level validation is skipped.
+    http::HeaderValue::from_bytes(&buf)
+        .map(RequestId::from_generated)
+        .unwrap_or_else(|_| RequestId::generate())
+}
+
+/// The request's trace context without OTLP export: the caller's trace with a new span id,
+/// or a new trace sampled with probability `ratio`.
+fn continue_trace(incoming: Option<TraceContext>, ratio: f64) -> TraceContext {
+    match incoming {
+        Some(incoming) => incoming.child(),
+        None => TraceContext::new_root(sample(ratio)),
+    }
 }
 
 fn sample(ratio: f64) -> bool {
@@ -139,13 +150,29 @@ where
         }
 
         // Trace context: continue the caller's trace with a new span id, or start one.
-        let trace = match TraceContext::extract(&parts.headers) {
-            Some(incoming) => incoming.child(),
-            None => TraceContext::new_root(sample(settings.sampling_ratio)),
+        let incoming = TraceContext::extract(&parts.headers);
+        #[cfg(feature = "otlp")]
+        let (trace, otel) = match &settings.otlp {
+            // The exported server span's ids and sampling decision become the request's.
+            Some(tracer) => {
+                let (trace, cx) = crate::telemetry::otlp::server_span(
+                    tracer,
+                    incoming.as_ref(),
+                    &parts.method,
+                    parts.uri.path(),
+                );
+                (trace, Some(cx))
+            }
+            None => (continue_trace(incoming, settings.sampling_ratio), None),
         };
+        #[cfg(not(feature = "otlp"))]
+        let trace = continue_trace(incoming, settings.sampling_ratio);
         let method = parts.method.clone();
         // At debug, like tower-http's TraceLayer: at info the ids reach log lines through the
         // task-locals (see telemetry/json.rs), which costs nothing per request.
+        // With export on, the debug span is a child of the server span, not a second root.
+        #[cfg(feature = "otlp")]
+        let attached = otel.as_ref().map(|cx| cx.clone().attach());
         let span = tracing::debug_span!(
             "http_request",
             method = %method,
@@ -157,6 +184,10 @@ where
             span_id = %crate::telemetry::Hex(&trace.parent.parent_id()),
             tenant = tracing::field::Empty,
         );
+        #[cfg(feature = "otlp")]
+        drop(attached);
+        #[cfg(feature = "otlp")]
+        let server_span = otel.clone();
         let span_enabled = !span.is_disabled();
         parts.extensions.insert(id.clone());
         let context = crate::telemetry::RequestContext::new(trace);
@@ -227,6 +258,10 @@ where
             settings
                 .metrics
                 .observe(&method, route_str, status, elapsed);
+            #[cfg(feature = "otlp")]
+            if let Some(cx) = &server_span {
+                crate::telemetry::otlp::end_server_span(cx, &method, route_str, status);
+            }
             if span_enabled {
                 let span = tracing::Span::current();
                 span.record("route", route_str);
@@ -246,7 +281,13 @@ where
         // The request's future is boxed before the task-local wrappers go around it: an
         // `async fn` wrapper moves its argument on first poll, and moving a few KB of nested
         // futures per request cost more than this second allocation.
-        let fut = Box::pin(fut.instrument(span));
+        let fut: BoxFuture = Box::pin(fut.instrument(span));
+        #[cfg(feature = "otlp")]
+        let fut: BoxFuture = match otel {
+            // Attached on every poll, so `tracing` spans opened inside become its children.
+            Some(cx) => Box::pin(opentelemetry::context::FutureExt::with_context(fut, cx)),
+            None => fut,
+        };
         Box::pin(id.scope(context.scope(fut)))
     }
 }

@@ -176,6 +176,8 @@ impl EdgeStack {
                 sensitive: edge.sensitive_headers.clone().into(),
                 sampling_ratio: config.telemetry.sampling_ratio,
                 metrics,
+                #[cfg(feature = "otlp")]
+                otlp: crate::telemetry::otlp::installed().map(|o| o.tracer().clone()),
             }),
             cors: Arc::new(cors::layer(&config.cors)),
             compression: CompressionLayer::new()
@@ -192,6 +194,14 @@ impl EdgeStack {
             tenant_resolution: None,
             per_principal_limit: None,
         }
+    }
+
+    /// Exports a server span per request through `otlp` (feature `otlp`), instead of the
+    /// pipeline [`init_with_otlp`](crate::telemetry::otlp::init_with_otlp) installed, if any.
+    #[cfg(feature = "otlp")]
+    pub fn otlp(mut self, otlp: &crate::telemetry::otlp::Otlp) -> Self {
+        Arc::make_mut(&mut self.core).otlp = Some(otlp.tracer().clone());
+        self
     }
 
     /// The coarse per-IP limit slot (layer 8).

@@ -16,6 +16,8 @@
 mod context;
 mod http_metrics;
 mod json;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 use std::fmt;
 
@@ -61,11 +63,28 @@ pub enum TelemetryError {
     /// A global subscriber is already installed (call `init` once, in `main`).
     #[error("a global tracing subscriber is already installed; call telemetry::init once, in main")]
     AlreadyInstalled,
+    /// The OTLP exporter could not be set up or could not send.
+    #[error("OTLP export: {0}")]
+    Otlp(String),
 }
+
+/// The subscriber extra layers are stacked on: the registry behind the log filter.
+pub(crate) type BaseSubscriber =
+    tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
+
+/// A layer stacked between the filter and the log formatter (the OTLP span exporter).
+pub(crate) type ExtraLayer = Box<dyn tracing_subscriber::Layer<BaseSubscriber> + Send + Sync>;
 
 /// Installs the global tracing subscriber from `[telemetry]`: JSON lines (or pretty text) on
 /// stdout, filtered by `log_level` (`RUST_LOG` overrides it when set).
 pub fn init(config: &TelemetryConfig) -> Result<(), TelemetryError> {
+    install(config, None)
+}
+
+pub(crate) fn install(
+    config: &TelemetryConfig,
+    extra: Option<ExtraLayer>,
+) -> Result<(), TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => f,
         _ => config.log_level.clone(),
@@ -76,7 +95,7 @@ pub fn init(config: &TelemetryConfig) -> Result<(), TelemetryError> {
             filter: filter.clone(),
             reason: e.to_string(),
         })?;
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter).with(extra);
     let result = match config.log_format {
         LogFormat::Json => registry.with(json_layer(std::io::stdout)).try_init(),
         LogFormat::Pretty => registry
