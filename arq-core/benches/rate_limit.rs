@@ -6,7 +6,12 @@
 //! repeatable on a loaded machine, `ARQ_BENCH_CALLGRIND=<case>` skips criterion and makes
 //! 1 000 000 decisions of one case (`admitted`, `refused`, `many_keys`, `governor`):
 //! `ARQ_BENCH_CALLGRIND=admitted valgrind --tool=callgrind <bench binary>` and divide by 10⁶.
-#![allow(missing_docs, clippy::unwrap_used, reason = "benchmark code")]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "benchmark code"
+)]
 
 use std::hint::black_box;
 use std::time::Duration;
