@@ -1,6 +1,10 @@
 //! Two-tier cache benchmarks: L1 hit vs plain moka, L2 hit vs one raw Redis GET (with the number
 //! of Redis commands per L2 hit counted on a private redis-server), and `get_or_load` under
 //! contention vs moka's `get_with`. Run with `cargo bench -p arq-core --features cache --bench cache`.
+//!
+//! For instruction counts (repeatable on a loaded machine): `ARQ_BENCH_CALLGRIND=<case>` skips
+//! criterion and makes 1 000 000 L1 reads of one case (`shared`, `cloned`, `moka`, `moka_foldhash`):
+//! `ARQ_BENCH_CALLGRIND=shared valgrind --tool=callgrind <bench binary>`, divide by 10⁶.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -93,7 +97,65 @@ async fn commands_processed(c: &mut redis::aio::MultiplexedConnection) -> u64 {
         .unwrap()
 }
 
+/// moka with the hasher the cache's L1 uses: the floor without the hasher difference.
+fn moka_foldhash() -> moka::future::Cache<CacheKey, Arc<User>, foldhash::fast::RandomState> {
+    moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .build_with_hasher(foldhash::fast::RandomState::default())
+}
+
+/// The fixed-count mode for callgrind (see the module docs).
+fn callgrind(case: &str) {
+    const N: usize = 1_000_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = CacheKey::tenant(
+        TenantId::generate(),
+        &Namespace::new("users").unwrap(),
+        "42",
+    );
+    rt.block_on(async {
+        let cache = TwoTierCache::new(&CacheConfig::local(), CacheMetrics::unregistered()).unwrap();
+        cache.set(&key, TtlClass::Data, user()).await;
+        let moka: moka::future::Cache<CacheKey, Arc<User>> = moka::future::Cache::new(10_000);
+        moka.insert(key.clone(), Arc::new(user())).await;
+        let moka_fold = moka_foldhash();
+        moka_fold.insert(key.clone(), Arc::new(user())).await;
+        for _ in 0..N {
+            match case {
+                "shared" => {
+                    let v: Option<Arc<User>> = cache
+                        .get_or_load_shared(&key, TtlClass::Data, || async { Ok::<_, Never>(None) })
+                        .await
+                        .unwrap();
+                    black_box(v);
+                }
+                "cloned" => {
+                    let v: Option<User> = cache
+                        .get_or_load(&key, TtlClass::Data, || async { Ok::<_, Never>(None) })
+                        .await
+                        .unwrap();
+                    black_box(v);
+                }
+                "moka" => {
+                    black_box(moka.get(&key).await);
+                }
+                "moka_foldhash" => {
+                    black_box(moka_fold.get(&key).await);
+                }
+                other => panic!("unknown ARQ_BENCH_CALLGRIND case {other:?}"),
+            }
+        }
+    });
+}
+
 fn benches(c: &mut Criterion) {
+    if let Ok(case) = std::env::var("ARQ_BENCH_CALLGRIND") {
+        callgrind(&case);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,6 +174,21 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("l1_hit");
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
+    g.bench_function("two_tier_get_or_load_shared", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let v: Option<Arc<User>> = local
+                        .get_or_load_shared(&key, TtlClass::Data, || async { Ok::<_, Never>(None) })
+                        .await
+                        .unwrap();
+                    black_box(v);
+                }
+                start.elapsed()
+            })
+        });
+    });
     g.bench_function("two_tier_get_or_load", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -150,6 +227,19 @@ fn benches(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     black_box(moka.get(&key).await);
+                }
+                start.elapsed()
+            })
+        });
+    });
+    let moka_fold = moka_foldhash();
+    rt.block_on(moka_fold.insert(key.clone(), Arc::new(user())));
+    g.bench_function("moka_foldhash_get_baseline", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(moka_fold.get(&key).await);
                 }
                 start.elapsed()
             })
@@ -239,7 +329,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("contention_64_tasks");
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    g.bench_function("two_tier_get_or_load_hot_key", |b| {
+    g.bench_function("two_tier_get_or_load_shared_hot_key", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
@@ -248,8 +338,8 @@ fn benches(c: &mut Criterion) {
                         let (cache, key) = (local.clone(), key.clone());
                         tokio::spawn(async move {
                             for _ in 0..iters {
-                                let v: Option<User> = cache
-                                    .get_or_load(&key, TtlClass::Data, || async {
+                                let v: Option<Arc<User>> = cache
+                                    .get_or_load_shared(&key, TtlClass::Data, || async {
                                         Ok::<_, Never>(None)
                                     })
                                     .await

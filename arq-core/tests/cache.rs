@@ -613,3 +613,62 @@ fn bad_configuration_is_an_error_not_a_panic() {
     .unwrap_err();
     assert!(err.to_string().contains("Tokio runtime"));
 }
+
+/// `get_or_load_shared` hands out the L1 value itself, keeps tenants apart in L1 exactly like
+/// `get_or_load`, and treats a key read as another type as a miss.
+#[tokio::test]
+async fn shared_reads_are_the_l1_value_and_stay_tenant_scoped() {
+    let cache = TwoTierCache::new(&CacheConfig::local(), CacheMetrics::unregistered()).unwrap();
+    let users = Namespace::new("users").unwrap();
+    let (a, b) = (TenantId::generate(), TenantId::generate());
+    let (key_a, key_b) = (
+        CacheKey::tenant(a, &users, "1"),
+        CacheKey::tenant(b, &users, "1"),
+    );
+    let user = |name: &str| User {
+        id: 1,
+        name: name.into(),
+    };
+    let first: Arc<User> = cache
+        .get_or_load_shared(&key_a, TtlClass::Data, || async {
+            Ok::<_, Never>(Some(user("a's")))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    // A hit is the same allocation, and the cloning API returns an equal value.
+    let again = cache
+        .get_or_load_shared(&key_a, TtlClass::Data, || async {
+            Err::<Option<User>, _>(std::io::Error::other("must not load"))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    let cloned: Option<User> = cache
+        .get_or_load(&key_a, TtlClass::Data, || async {
+            Err::<Option<User>, _>(std::io::Error::other("must not load"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(cloned.as_ref(), Some(&*first));
+    // Tenant B's key with the same namespace and id loads its own value.
+    let other = cache
+        .get_or_load_shared(&key_b, TtlClass::Data, || async {
+            Ok::<_, Never>(Some(user("b's")))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.name, "b's");
+    assert_eq!(first.name, "a's");
+    // Read as another type: counted, reloaded, and the new type is what L1 then holds.
+    let as_number: Option<Arc<u64>> = cache
+        .get_or_load_shared(&key_a, TtlClass::Data, || async { Ok::<_, Never>(Some(7)) })
+        .await
+        .unwrap();
+    assert_eq!(as_number.as_deref(), Some(&7));
+    let stats = cache.metrics().snapshot();
+    assert_eq!(stats.errors, 1);
+    assert_eq!((stats.l1_hits, stats.loads), (2, 3));
+}

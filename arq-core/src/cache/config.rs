@@ -61,6 +61,16 @@ impl TtlClasses {
     pub fn negative(&self) -> Duration {
         Duration::from_secs(self.negative_secs)
     }
+
+    /// The longest of all TTLs, negative included.
+    pub fn longest(&self) -> Duration {
+        Duration::from_secs(
+            self.session_secs
+                .max(self.data_secs)
+                .max(self.computed_secs)
+                .max(self.negative_secs),
+        )
+    }
 }
 
 /// Configuration of a [`TwoTierCache`](super::TwoTierCache), usually the `[cache]` section read

@@ -291,7 +291,7 @@ pub(crate) async fn listen(
     channel: String,
     instance: String,
     prefix: Arc<str>,
-    l1: moka::future::Cache<CacheKey, super::L1Entry>,
+    l1: super::L1,
     metrics: CacheMetrics,
     connected: tokio::sync::watch::Sender<bool>,
     retry_after: Duration,

@@ -163,6 +163,43 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_two_quota_decisions_never_exceed_either_quota() {
+        // A clock that only moves when told: the totals below are exact, however slowly the
+        // threads run.
+        let clock = FakeRelativeClock::default();
+        let l = LocalLimiter::with_clock(
+            vec![Quota::per_minute(30).unwrap(), Quota::per_hour(50).unwrap()],
+            100,
+            clock.clone(),
+        );
+        let keys = ["a", "b", "c", "d"];
+        let run = || {
+            let admitted: [std::sync::atomic::AtomicU32; 4] = Default::default();
+            std::thread::scope(|s| {
+                for t in 0..8 {
+                    let (l, admitted) = (&l, &admitted);
+                    s.spawn(move || {
+                        for i in 0..100 {
+                            let k = (t + i) % keys.len();
+                            if l.check(keys[k]).allowed {
+                                admitted[k].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            admitted.map(std::sync::atomic::AtomicU32::into_inner)
+        };
+        // 200 attempts per key: the minute quota admits its burst of 30.
+        assert_eq!(run(), [30; 4]);
+        // A minute later the minute quota is full again, but the hour (one cell per 72 s) has
+        // only 20 of its 50 left: had the 170 refused attempts per key consumed hourly cells,
+        // fewer (or, had refusals been admitted by one quota, more) would pass now.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(run(), [20; 4]);
+    }
+
+    #[test]
     fn concurrent_checks_admit_exactly_the_burst() {
         let l = std::sync::Arc::new(LocalLimiter::new(
             vec![
