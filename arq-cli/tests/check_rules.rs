@@ -739,3 +739,18 @@ fn baseline_hides_known_findings_and_shows_new_ones() {
     std::fs::write(&base, "{").unwrap();
     assert!(check::run(&root, &opts).is_err());
 }
+
+#[test]
+fn sql_outside_migrations_is_not_a_migration() {
+    let (_tmp, root) = good();
+    std::fs::create_dir_all(root.join("deploy/sql")).unwrap();
+    // An operator's role script: a DO block (which the migration parser refuses) and a table
+    // with tenant_id but no row level security.
+    std::fs::write(
+        root.join("deploy/sql/roles.sql"),
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_app') THEN CREATE ROLE arq_app LOGIN; END IF; END $$;\nCREATE TABLE scratch (tenant_id uuid, note text);\n",
+    )
+    .unwrap();
+    let r = run(&root);
+    assert!(r.findings.is_empty(), "{}", render(&r));
+}

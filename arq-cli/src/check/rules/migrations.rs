@@ -358,9 +358,12 @@ pub(crate) fn parse(f: &SourceFile) -> Result<Vec<(u32, Statement)>, (u32, Strin
 }
 
 pub(crate) fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
-    // One schema per migrations directory, files in name order.
+    // One schema per migrations directory, files in name order. Other SQL (seed data, role
+    // set-up scripts run by an operator) is not a migration and may use what migrations must not.
     let mut groups: BTreeMap<String, Vec<&SourceFile>> = BTreeMap::new();
-    for f in ctx.files_where(|p| p.ends_with(".sql")) {
+    for f in ctx.files_where(|p| {
+        p.ends_with(".sql") && (p.starts_with("migrations/") || p.contains("/migrations/"))
+    }) {
         let dir = f.rel.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
         groups.entry(dir).or_default().push(f);
     }
