@@ -74,7 +74,7 @@ impl<'a> Ctx<'a> {
     /// `get`'s `Result` made the compiler copy the enum through the stack in a way that stalled
     /// store forwarding, the hottest spot of the 50-rule benchmark.
     #[inline]
-    fn get_str(&self, slot: &Slot) -> Result<&'a str, EvalError> {
+    pub(crate) fn get_str(&self, slot: &Slot) -> Result<&'a str, EvalError> {
         match self.fetch(slot) {
             Some(AttrValue::Str(s)) => Ok(s),
             Some(AttrValue::Value(Value::String(s))) => Ok(s),
@@ -146,7 +146,7 @@ impl Compiler<'_> {
         self.types.get(e).cloned().unwrap_or(Type::Dyn)
     }
 
-    fn slot_of(&self, e: &Expr) -> Option<Slot> {
+    pub(crate) fn slot_of(&self, e: &Expr) -> Option<Slot> {
         let ExprKind::Select {
             operand,
             field,
@@ -239,28 +239,27 @@ impl Compiler<'_> {
                 func,
                 args,
             } => match (&**func, args.as_slice()) {
-                ("_&&_", [a, b]) => {
-                    let (fa, fb) = (self.bool_fn(a), self.bool_fn(b));
-                    Some(Box::new(move |ctx| match fa(ctx) {
-                        Ok(false) => Ok(false),
-                        ra => match (ra, fb(ctx)) {
-                            (_, Ok(false)) => Ok(false),
-                            (Ok(true), Ok(true)) => Ok(true),
-                            (Err(e), _) | (_, Err(e)) => Err(e),
-                            (Ok(false), _) => Ok(false),
-                        },
-                    }))
-                }
-                ("_||_", [a, b]) => {
-                    let (fa, fb) = (self.bool_fn(a), self.bool_fn(b));
-                    Some(Box::new(move |ctx| match fa(ctx) {
-                        Ok(true) => Ok(true),
-                        ra => match (ra, fb(ctx)) {
-                            (_, Ok(true)) => Ok(true),
-                            (Ok(false), Ok(false)) => Ok(false),
-                            (Err(e), _) | (_, Err(e)) => Err(e),
-                            (Ok(true), _) => Ok(true),
-                        },
+                ("_&&_" | "_||_", [_, _]) => {
+                    // A chain `a && b && c` is one closure looping over its operands rather
+                    // than nested pairs: one indirect call per operand instead of two.
+                    let and = &**func == "_&&_";
+                    let mut ops = Vec::new();
+                    flatten(e, func, &mut ops);
+                    let fs: Box<[BoolFn]> = ops.into_iter().map(|x| self.bool_fn(x)).collect();
+                    // CEL's commutative logic: a false (for `&&`; true for `||`) operand decides
+                    // even after an error; otherwise the first error is the result.
+                    Some(Box::new(move |ctx| {
+                        let mut err = None;
+                        for f in &*fs {
+                            match f(ctx) {
+                                Ok(b) if b != and => return Ok(b),
+                                Ok(_) => {}
+                                Err(e) => {
+                                    err.get_or_insert(e);
+                                }
+                            }
+                        }
+                        err.map_or(Ok(and), Err)
                     }))
                 }
                 ("!_", [a]) => {
@@ -416,6 +415,21 @@ impl Compiler<'_> {
                 ))),
             }
         })
+    }
+}
+
+/// The operands of a chain of the same logical operator, in evaluation order.
+fn flatten<'e>(e: &'e Expr, op: &str, out: &mut Vec<&'e Expr>) {
+    match &e.kind {
+        ExprKind::Call {
+            target: None,
+            func,
+            args,
+        } if &**func == op && args.len() == 2 => {
+            flatten(&args[0], op, out);
+            flatten(&args[1], op, out);
+        }
+        _ => out.push(e),
     }
 }
 
