@@ -422,10 +422,28 @@ fn profile(case: &str) {
     let mut n = 0usize;
     for _ in 0..iters {
         n += usize::from(match case {
-            "typical_allowed" => one.decide(black_box(&p), "write:project", black_box(&allowed), &q).allowed(),
-            "typical_denied" => one.decide(black_box(&p), "write:project", black_box(&denied), &q).allowed(),
-            "fifty_rules" => fifty.decide(black_box(&p49), "write:project", black_box(&allowed49), &q49).allowed(),
-            "fifty_rules_unindexed" => fifty_scan.decide(black_box(&p49), "write:project", black_box(&allowed49), &q49).allowed(),
+            "typical_allowed" => one
+                .decide(black_box(&p), "write:project", black_box(&allowed), &q)
+                .allowed(),
+            "typical_denied" => one
+                .decide(black_box(&p), "write:project", black_box(&denied), &q)
+                .allowed(),
+            "fifty_rules" => fifty
+                .decide(
+                    black_box(&p49),
+                    "write:project",
+                    black_box(&allowed49),
+                    &q49,
+                )
+                .allowed(),
+            "fifty_rules_unindexed" => fifty_scan
+                .decide(
+                    black_box(&p49),
+                    "write:project",
+                    black_box(&allowed49),
+                    &q49,
+                )
+                .allowed(),
             "compile_one_rule" => compiler.compile(black_box(TYPICAL)).is_ok(),
             "compile_policy_file" => PolicySet::from_yaml("typical.yaml", black_box(&file)).is_ok(),
             other => panic!("unknown profile case {other}"),

@@ -151,12 +151,11 @@ impl ConditionCompiler {
     /// # Errors
     /// [`ConditionError`] with the byte position of the problem, or the cost over the limit.
     pub fn compile(&mut self, condition: &str) -> Result<CompiledCondition, ConditionError> {
-        let expr = parse(condition, ParseOptions::default()).map_err(|e| {
-            ConditionError::Invalid {
+        let expr =
+            parse(condition, ParseOptions::default()).map_err(|e| ConditionError::Invalid {
                 message: e.message,
                 pos: e.pos,
-            }
-        })?;
+            })?;
         self.compile_expr(&expr)
     }
 

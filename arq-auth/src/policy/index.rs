@@ -153,60 +153,62 @@ struct GuardIndex {
 impl RuleList {
     /// Builds the list for `rules` (file order); `guards_of(i)` are rule `i`'s guards.
     pub(crate) fn new<'r>(rules: Vec<u16>, guards_of: &dyn Fn(u16) -> &'r [Guard]) -> Self {
-        // The attribute guarded by the most rules.
-        let mut counts: FastMap<(Entity, u16), usize> = FastMap::default();
+        // Per guarded attribute: how many rules it guards and how many distinct constants it
+        // has. The index goes to the attribute that splits the rules finest (most constants);
+        // an attribute every rule tests against the same few values narrows nothing.
+        let mut stats: FastMap<(Entity, u16), (usize, FastMap<&str, ()>)> = FastMap::default();
         for &i in &rules {
             let mut seen: Vec<(Entity, u16)> = Vec::new();
             for g in guards_of(i) {
                 let k = (g.slot.entity, g.slot.index);
-                if !seen.contains(&k) {
-                    seen.push(k);
-                    *counts.entry(k).or_default() += 1;
+                if seen.contains(&k) {
+                    continue;
+                }
+                seen.push(k);
+                let (n, values) = stats.entry(k).or_default();
+                *n += 1;
+                for v in &g.values {
+                    values.insert(&**v, ());
                 }
             }
         }
-        let best = counts
+        let best = stats
             .into_iter()
-            .max_by_key(|&((e, i), n)| (n, std::cmp::Reverse((e.index(), i))));
-        let index = best
-            .filter(|&(_, n)| n >= MIN_INDEXED)
-            .and_then(|((entity, index), _)| {
-                let mut slot = None;
-                let mut by_value: FastMap<Box<str>, Vec<u16>> = FastMap::default();
-                let mut unguarded = Vec::new();
-                for &i in &rules {
-                    match guards_of(i)
-                        .iter()
-                        .find(|g| g.slot.entity == entity && g.slot.index == index)
-                    {
-                        Some(g) => {
-                            slot.get_or_insert_with(|| g.slot.clone());
-                            for v in &g.values {
-                                let list = by_value.entry(v.clone()).or_default();
-                                if list.last() != Some(&i) {
-                                    list.push(i);
-                                }
+            .filter(|(_, (n, _))| *n >= MIN_INDEXED)
+            .map(|(k, (n, values))| (k, (values.len(), n)))
+            .max_by_key(|&((e, i), score)| (score, std::cmp::Reverse((e.index(), i))));
+        let index = best.and_then(|((entity, index), _)| {
+            let mut slot = None;
+            let mut by_value: FastMap<Box<str>, Vec<u16>> = FastMap::default();
+            let mut unguarded = Vec::new();
+            for &i in &rules {
+                match guards_of(i)
+                    .iter()
+                    .find(|g| g.slot.entity == entity && g.slot.index == index)
+                {
+                    Some(g) => {
+                        slot.get_or_insert_with(|| g.slot.clone());
+                        for v in &g.values {
+                            let list = by_value.entry(v.clone()).or_default();
+                            if list.last() != Some(&i) {
+                                list.push(i);
                             }
                         }
-                        None => unguarded.push(i),
                     }
+                    None => unguarded.push(i),
                 }
-                // One value shared by every guarded rule discriminates nothing.
-                if by_value.len() < 2 {
-                    return None;
-                }
-                Some(GuardIndex {
-                    slot: slot?,
-                    by_value,
-                    unguarded,
-                })
-            });
+            }
+            // One value shared by every guarded rule discriminates nothing.
+            if by_value.len() < 2 {
+                return None;
+            }
+            Some(GuardIndex {
+                slot: slot?,
+                by_value,
+                unguarded,
+            })
+        });
         Self { all: rules, index }
-    }
-
-    /// Every rule, in file order.
-    pub(crate) fn all(&self) -> &[u16] {
-        &self.all
     }
 
     /// The rules a decision must evaluate, in file order.
@@ -320,19 +322,37 @@ mod tests {
     fn indexed_rules_decide_as_a_full_scan_does() {
         let set = set();
         let region = |r: &str| Some(Value::string(r));
-        assert_eq!(decide(&set, 1, region("region8")), (true, vec!["r8".into()]));
+        assert_eq!(
+            decide(&set, 1, region("region8")),
+            (true, vec!["r8".into()])
+        );
         // `open` comes after the matching rule in file order but is no less a candidate.
-        assert_eq!(decide(&set, 7, region("nowhere")), (true, vec!["open".into()]));
+        assert_eq!(
+            decide(&set, 7, region("nowhere")),
+            (true, vec!["open".into()])
+        );
         assert_eq!(decide(&set, 1, region("nowhere")), (false, vec![]));
         // The failing rule is a candidate for its own region only.
-        assert_eq!(decide(&set, 1, region("region2")), (true, vec!["r2".into()]));
-        assert_eq!(decide(&set, 1, region("region3")), (true, vec!["r3".into()]));
+        assert_eq!(
+            decide(&set, 1, region("region2")),
+            (true, vec!["r2".into()])
+        );
+        assert_eq!(
+            decide(&set, 1, region("region3")),
+            (true, vec!["r3".into()])
+        );
         let (allowed, by) = decide(&set, 0, region("region3"));
         assert!(!allowed);
         assert_eq!(by, ["broken"].map(String::from));
         // Deny rules through a list guard.
-        assert_eq!(decide(&set, 2, region("region6")), (false, vec!["d2".into()]));
-        assert_eq!(decide(&set, 2, region("region4")), (true, vec!["r4".into()]));
+        assert_eq!(
+            decide(&set, 2, region("region6")),
+            (false, vec!["d2".into()])
+        );
+        assert_eq!(
+            decide(&set, 2, region("region4")),
+            (true, vec!["r4".into()])
+        );
     }
 
     #[test]
