@@ -136,6 +136,9 @@ fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
 /// the rules costs about what the lookup does.
 const MIN_INDEXED: usize = 4;
 
+/// Rules guarded by one attribute, and its distinct constants.
+type GuardStats<'r> = (usize, FastMap<&'r str, ()>);
+
 /// The rules of one action and effect, in file order, possibly indexed by a guard.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RuleList {
@@ -156,7 +159,7 @@ impl RuleList {
         // Per guarded attribute: how many rules it guards and how many distinct constants it
         // has. The index goes to the attribute that splits the rules finest (most constants);
         // an attribute every rule tests against the same few values narrows nothing.
-        let mut stats: FastMap<(Entity, u16), (usize, FastMap<&str, ()>)> = FastMap::default();
+        let mut stats: FastMap<(Entity, u16), GuardStats<'_>> = FastMap::default();
         for &i in &rules {
             let mut seen: Vec<(Entity, u16)> = Vec::new();
             for g in guards_of(i) {
