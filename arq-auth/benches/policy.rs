@@ -5,7 +5,13 @@
 //! decision (what a service does per request). Run:
 //! `cargo bench -p arq-auth --bench policy`.
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
