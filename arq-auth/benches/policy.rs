@@ -5,7 +5,13 @@
 //! decision (what a service does per request). Run:
 //! `cargo bench -p arq-auth --bench policy`.
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
@@ -13,8 +19,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arq_auth::policy::{AttrKey, AttrValue, AttributeSource, PolicySet};
-use criterion::{Criterion, criterion_group, criterion_main};
+use arq_auth::policy::{AttrKey, AttrValue, AttributeSource, ConditionCompiler, PolicySet};
+use criterion::{Criterion, criterion_group};
 
 struct Principal {
     id: String,
@@ -88,6 +94,14 @@ const TYPICAL: &str = r#"principal.role in ["admin","manager","member"] && princ
 fn rule_n(i: usize) -> String {
     format!(
         r#"principal.role in ["admin","manager","member"] && principal.department == resource.department && request.region == "region{i}" && resource.costCenter in principal.costCenters"#
+    )
+}
+
+/// Rule `i` of the 50-rule set that the rule index cannot narrow: the region test is not an
+/// equality with a constant, so every rule is evaluated.
+fn rule_n_unindexed(i: usize) -> String {
+    format!(
+        r#"principal.role in ["admin","manager","member"] && principal.department == resource.department && request.region.endsWith("region{i}") && resource.costCenter in principal.costCenters"#
     )
 }
 
@@ -329,6 +343,27 @@ fn bench(c: &mut Criterion) {
             )
         });
     });
+    let scan: Vec<String> = (0..50).map(rule_n_unindexed).collect();
+    let ours50_scan = Arc::new(PolicySet::from_yaml("fifty-scan.yaml", &yaml(&scan)).unwrap());
+    assert!(
+        ours50_scan
+            .decide(&p49, "write:project", &allowed49, &q49)
+            .allowed()
+    );
+    g.bench_function("fifty_rules_unindexed/arq", |b| {
+        b.iter(|| {
+            black_box(
+                ours50_scan
+                    .decide(
+                        black_box(&p49),
+                        "write:project",
+                        black_box(&allowed49),
+                        &q49,
+                    )
+                    .allowed(),
+            )
+        });
+    });
     g.bench_function("fifty_rules/cel-0.15", |b| {
         b.iter(|| {
             black_box(cel_decide(
@@ -352,16 +387,82 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    // Compiling one rule: parse, check, estimate cost, compile to closures (plus YAML and schema).
-    let one = yaml(&[TYPICAL.to_owned()]);
+    // Compiling one rule: parse, type-check, estimate cost and compile to closures one
+    // condition against a schema prepared once.
+    let mut compiler = ConditionCompiler::new(ours.schema().clone());
     g.bench_function("compile_one_rule/arq", |b| {
-        b.iter(|| black_box(PolicySet::from_yaml("typical.yaml", black_box(&one)).unwrap()));
+        b.iter(|| black_box(compiler.compile(black_box(TYPICAL)).unwrap()));
     });
     g.bench_function("compile_one_rule/cel-0.15", |b| {
         b.iter(|| black_box(cel::Program::compile(black_box(TYPICAL)).unwrap()));
+    });
+    // The whole one-rule policy file: YAML, schema, slots and checker declarations, the rule,
+    // the action index.
+    let one = yaml(&[TYPICAL.to_owned()]);
+    g.bench_function("compile_policy_file/arq", |b| {
+        b.iter(|| black_box(PolicySet::from_yaml("typical.yaml", black_box(&one)).unwrap()));
     });
     g.finish();
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `ARQ_POLICY_PROFILE=<case> [ARQ_POLICY_ITERS=n]` runs one case in a plain loop instead of
+/// criterion, for `valgrind --tool=callgrind` (instruction counts are repeatable on a loaded
+/// machine; divide by the iteration count). Cases: `typical_allowed`, `typical_denied`,
+/// `fifty_rules`, `fifty_rules_unindexed`, `compile_one_rule`, `compile_policy_file`.
+fn profile(case: &str) {
+    let iters: usize = std::env::var("ARQ_POLICY_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let one = Arc::new(PolicySet::from_yaml("typical.yaml", &yaml(&[TYPICAL.to_owned()])).unwrap());
+    let conds: Vec<String> = (0..50).map(rule_n).collect();
+    let fifty = Arc::new(PolicySet::from_yaml("fifty.yaml", &yaml(&conds)).unwrap());
+    let scan: Vec<String> = (0..50).map(rule_n_unindexed).collect();
+    let fifty_scan = Arc::new(PolicySet::from_yaml("fifty-scan.yaml", &yaml(&scan)).unwrap());
+    let (p, allowed, denied, q) = inputs("eu");
+    let (p49, allowed49, _, q49) = inputs("region49");
+    let mut compiler = ConditionCompiler::new(one.schema().clone());
+    let file = yaml(&[TYPICAL.to_owned()]);
+    let mut n = 0usize;
+    for _ in 0..iters {
+        n += usize::from(match case {
+            "typical_allowed" => one
+                .decide(black_box(&p), "write:project", black_box(&allowed), &q)
+                .allowed(),
+            "typical_denied" => one
+                .decide(black_box(&p), "write:project", black_box(&denied), &q)
+                .allowed(),
+            "fifty_rules" => fifty
+                .decide(
+                    black_box(&p49),
+                    "write:project",
+                    black_box(&allowed49),
+                    &q49,
+                )
+                .allowed(),
+            "fifty_rules_unindexed" => fifty_scan
+                .decide(
+                    black_box(&p49),
+                    "write:project",
+                    black_box(&allowed49),
+                    &q49,
+                )
+                .allowed(),
+            "compile_one_rule" => compiler.compile(black_box(TYPICAL)).is_ok(),
+            "compile_policy_file" => PolicySet::from_yaml("typical.yaml", black_box(&file)).is_ok(),
+            other => panic!("unknown profile case {other}"),
+        });
+    }
+    println!("{case}: {n} of {iters}");
+}
+
+fn main() {
+    if let Ok(case) = std::env::var("ARQ_POLICY_PROFILE") {
+        profile(&case);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -531,14 +531,16 @@ impl Checker {
         Type::Dyn
     }
 
-    fn instantiate(&mut self, t: &Type, map: &mut HashMap<Arc<str>, Type>) -> Type {
+    /// Replaces an overload's type parameters by fresh variables; `map` holds the ones already
+    /// replaced (a signature has one or two, so a list beats a hash map).
+    fn instantiate(&mut self, t: &Type, map: &mut Vec<(Arc<str>, Type)>) -> Type {
         match t {
             Type::Param(p) => {
-                if let Some(v) = map.get(p) {
+                if let Some((_, v)) = map.iter().find(|(q, _)| q == p) {
                     return v.clone();
                 }
                 let v = self.fresh();
-                map.insert(p.clone(), v.clone());
+                map.push((p.clone(), v.clone()));
                 v
             }
             Type::List(e) => Type::list(self.instantiate(e, map)),
@@ -617,6 +619,23 @@ impl Checker {
                 test,
                 optional,
             } => {
+                // `principal.department`: a namespace member, found with one lookup. The general
+                // path below reaches the same answer through qualified-name candidates, at a
+                // dozen allocations per selection.
+                if !*test
+                    && !*optional
+                    && self.container.is_empty()
+                    && let ExprKind::Ident(root) = &operand.kind
+                    && !root.starts_with('.')
+                    && self.namespaces.contains(&**root)
+                    && !locals.iter().any(|(n, _)| *n == *root)
+                {
+                    return self
+                        .vars
+                        .get(&format!("{root}.{field}"))
+                        .cloned()
+                        .ok_or_else(|| cerr(e, format!("undeclared attribute '{root}.{field}'")));
+                }
                 // A dotted name may be a declared variable (`a.b.c`), longest match first.
                 if !*test
                     && !*optional
@@ -924,14 +943,24 @@ impl Checker {
         if name == "math.greatest" || name == "math.least" {
             return self.check_greatest(e, &name, &arg_types);
         }
-        let overloads: Vec<Overload> = self
+        // Standard overloads are borrowed from the static table; declared ones are few and
+        // copied (they live in `self`, which unification borrows mutably).
+        let fits = |o: &Overload| o.member == member && o.params.len() == arg_types.len();
+        let overloads: Vec<std::borrow::Cow<'static, Overload>> = self
             .funcs
             .get(&name)
             .into_iter()
             .flatten()
-            .chain(stdlib().get(&name).into_iter().flatten())
-            .filter(|o| o.member == member && o.params.len() == arg_types.len())
-            .cloned()
+            .filter(|o| fits(o))
+            .map(|o| std::borrow::Cow::Owned(o.clone()))
+            .chain(
+                stdlib()
+                    .get(&name)
+                    .into_iter()
+                    .flatten()
+                    .filter(|o| fits(o))
+                    .map(std::borrow::Cow::Borrowed),
+            )
             .collect();
         if overloads.is_empty() {
             let known = self.funcs.contains_key(&name) || stdlib().contains_key(&name);
@@ -951,7 +980,7 @@ impl Checker {
         let mut final_subst = None;
         for o in &overloads {
             let snapshot = self.subst.clone();
-            let mut map = HashMap::new();
+            let mut map = Vec::new();
             let params: Vec<Type> = o
                 .params
                 .iter()

@@ -1,17 +1,18 @@
 //! Reading, checking and compiling a policy file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::cel::{Checker, Location, ParseOptions, Type, parse};
+use crate::cel::Location;
 
-use super::compile::{Compiler, Slot};
+use super::condition::{ConditionCompiler, ConditionError};
+use super::index::FastMap;
 use super::schema::{AttrType, Schema};
 use super::source::Entity;
-use super::{ActionRules, DEFAULT_MAX_COST, DEFAULT_RUNTIME_BUDGET, Effect, PolicySet, Rule, cost};
+use super::{ActionRules, DEFAULT_MAX_COST, DEFAULT_RUNTIME_BUDGET, Effect, PolicySet, Rule};
 
 /// Why a policy file was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -171,29 +172,8 @@ pub(crate) fn load(source: &str, text: &str) -> Result<PolicySet, PolicyError> {
             schema.declare(entity, name, ty);
         }
     }
-    // Slots: every declared attribute, by entity and position.
-    let mut slots: HashMap<(Entity, String), Slot> = HashMap::new();
-    for entity in [Entity::Principal, Entity::Resource, Entity::Request] {
-        for (i, (name, ty)) in schema.attributes(entity).iter().enumerate() {
-            slots.insert(
-                (entity, name.clone()),
-                Slot {
-                    entity,
-                    index: u16::try_from(i).unwrap_or(u16::MAX),
-                    name: Arc::from(name.as_str()),
-                    ty: ty.clone(),
-                },
-            );
-        }
-    }
-    let mut checker = Checker::new();
-    for entity in [Entity::Principal, Entity::Resource, Entity::Request] {
-        checker.declare_namespace(entity.as_str());
-        for (name, ty) in schema.attributes(entity) {
-            checker.declare(&format!("{}.{name}", entity.as_str()), ty.cel_type());
-        }
-    }
     let max_cost = raw.limits.max_cost.unwrap_or(DEFAULT_MAX_COST);
+    let mut compiler = ConditionCompiler::new(schema).with_max_cost(max_cost);
     let runtime_budget = raw.limits.runtime_budget.unwrap_or(DEFAULT_RUNTIME_BUDGET);
     if raw.rules.len() > usize::from(u16::MAX) {
         return Err(schema_err("too many rules (limit 65535)".to_owned()));
@@ -221,44 +201,29 @@ pub(crate) fn load(source: &str, text: &str) -> Result<PolicySet, PolicyError> {
         if r.actions.is_empty() {
             return Err(rule_err("rule covers no actions".to_owned(), None));
         }
-        let expr = parse(&r.condition, ParseOptions::default())
-            .map_err(|e| rule_err(e.message, Some(e.pos)))?;
-        let (ty, types) = checker
-            .check_with_types(&expr)
-            .map_err(|e| rule_err(e.message, Some(e.pos)))?;
-        if ty != Type::Bool && ty != Type::Dyn {
-            return Err(rule_err(
-                format!("condition has type {ty}; it must be bool"),
-                Some(0),
-            ));
-        }
-        let (estimate, _) = cost::estimate(&expr, &schema);
-        if estimate > max_cost {
-            return Err(PolicyError::Cost {
+        let compiled = compiler.compile(&r.condition).map_err(|e| match e {
+            ConditionError::Invalid { message, pos } => rule_err(message, Some(pos)),
+            ConditionError::Cost { estimate, limit } => PolicyError::Cost {
                 source_name: source.to_owned(),
                 rule_id: r.id.clone(),
                 estimate,
-                limit: max_cost,
-            });
-        }
-        let compiler = Compiler {
-            slots: &slots,
-            types: &types,
-        };
-        let eval = compiler.bool_fn(&expr);
+                limit,
+            },
+        })?;
         rules.push(Rule {
             id: Arc::from(r.id.as_str()),
             effect: r.effect,
             actions: r.actions.clone(),
             description: r.description.clone(),
             condition: r.condition.clone(),
-            cost: estimate,
-            eval,
+            cost: compiled.cost,
+            eval: compiled.eval,
+            guards: compiled.guards,
         });
     }
     // Index rules by action; wildcard patterns are matched at decision time and also folded
     // into every exact action's list.
-    let mut by_action: HashMap<String, ActionRules> = HashMap::new();
+    let mut by_action: FastMap<String, ActionRules> = FastMap::default();
     let mut wildcard = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         let i = u16::try_from(i).unwrap_or(u16::MAX);
@@ -271,21 +236,19 @@ pub(crate) fn load(source: &str, text: &str) -> Result<PolicySet, PolicyError> {
     }
     let actions: Vec<String> = by_action.keys().cloned().collect();
     for a in actions {
-        let mut ar = ActionRules::default();
-        for (i, r) in rules.iter().enumerate() {
-            if r.actions.iter().any(|p| super::action_matches(p, &a)) {
-                let i = u16::try_from(i).unwrap_or(u16::MAX);
-                match r.effect {
-                    Effect::Allow => ar.allow.push(i),
-                    Effect::Deny => ar.deny.push(i),
-                }
-            }
-        }
+        let covered = (0..rules.len()).filter_map(|i| {
+            let covers = rules[i]
+                .actions
+                .iter()
+                .any(|p| super::action_matches(p, &a));
+            covers.then(|| u16::try_from(i).unwrap_or(u16::MAX))
+        });
+        let ar = ActionRules::build(&rules, covered);
         by_action.insert(a, ar);
     }
     Ok(PolicySet {
         source: source.to_owned(),
-        schema,
+        schema: compiler.shared_schema(),
         rules,
         by_action,
         wildcard,

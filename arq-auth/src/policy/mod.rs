@@ -55,18 +55,20 @@
 //! ```
 
 mod compile;
+mod condition;
 mod cost;
 mod file;
 mod guard;
+mod index;
 pub mod schema;
 mod source;
 mod store;
 mod testing;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+pub use condition::{CompiledCondition, ConditionCompiler, ConditionError};
 pub use file::PolicyError;
 pub use guard::{
     AttributeSourceDebug, PolicyGuardLayer, PolicyGuardService, RequestAttributes, ResourceResolver,
@@ -78,6 +80,7 @@ pub use testing::{PolicyTestFailure, PolicyTestReport, run_policy_tests, run_pol
 
 use crate::cel::EvalError;
 use compile::{BoolFn, Ctx};
+use index::{FastMap, RuleList};
 
 /// Default static cost limit of one rule's condition.
 pub const DEFAULT_MAX_COST: u64 = 100_000;
@@ -103,6 +106,7 @@ pub(crate) struct Rule {
     condition: String,
     cost: u64,
     eval: BoolFn,
+    guards: Vec<index::Guard>,
 }
 
 impl fmt::Debug for Rule {
@@ -136,17 +140,35 @@ pub struct RuleInfo<'a> {
 
 #[derive(Debug, Default, Clone)]
 struct ActionRules {
-    deny: Vec<u16>,
-    allow: Vec<u16>,
+    deny: RuleList,
+    allow: RuleList,
+}
+
+impl ActionRules {
+    /// The `selected` rules (ascending indexes), split by effect and indexed.
+    fn build(rules: &[Rule], selected: impl IntoIterator<Item = u16>) -> Self {
+        let (mut deny, mut allow) = (Vec::new(), Vec::new());
+        for i in selected {
+            match rules[usize::from(i)].effect {
+                Effect::Allow => allow.push(i),
+                Effect::Deny => deny.push(i),
+            }
+        }
+        let guards_of = |i: u16| rules[usize::from(i)].guards.as_slice();
+        Self {
+            deny: RuleList::new(deny, &guards_of),
+            allow: RuleList::new(allow, &guards_of),
+        }
+    }
 }
 
 /// A loaded, checked and compiled set of rules.
 #[derive(Debug)]
 pub struct PolicySet {
     source: String,
-    schema: Schema,
+    schema: Arc<Schema>,
     rules: Vec<Rule>,
-    by_action: HashMap<String, ActionRules>,
+    by_action: FastMap<String, ActionRules>,
     wildcard: Vec<u16>,
     runtime_budget: u64,
 }
@@ -368,7 +390,7 @@ impl PolicySet {
         };
         // Deny overrides allow: every deny rule is evaluated first.
         let mut denied = false;
-        for &i in &rules.deny {
+        for i in rules.deny.candidates(&ctx) {
             match (self.rules[usize::from(i)].eval)(&ctx) {
                 Ok(true) => {
                     denied = true;
@@ -387,7 +409,7 @@ impl PolicySet {
             d.reason = Reason::DeniedByRule;
             return;
         }
-        for &i in &rules.allow {
+        for i in rules.allow.candidates(&ctx) {
             match (self.rules[usize::from(i)].eval)(&ctx) {
                 Ok(true) => {
                     d.allowed = true;
@@ -406,17 +428,13 @@ impl PolicySet {
     }
 
     fn wildcard_rules(&self, action: &str) -> ActionRules {
-        let mut out = ActionRules::default();
-        for &i in &self.wildcard {
-            let r = &self.rules[usize::from(i)];
-            if r.actions.iter().any(|p| action_matches(p, action)) {
-                match r.effect {
-                    Effect::Allow => out.allow.push(i),
-                    Effect::Deny => out.deny.push(i),
-                }
-            }
-        }
-        out
+        let covers = |i: &u16| {
+            self.rules[usize::from(*i)]
+                .actions
+                .iter()
+                .any(|p| action_matches(p, action))
+        };
+        ActionRules::build(&self.rules, self.wildcard.iter().copied().filter(covers))
     }
 }
 
