@@ -177,12 +177,19 @@ fn broken_fixture() -> (tempfile::TempDir, PathBuf) {
     .unwrap();
     std::fs::write(
         root.join("Cargo.toml"),
-        "[workspace]\nmembers = [\"services/tasks\"]\n",
+        "[workspace]\nmembers = [\"gateway\", \"services/tasks\"]\n",
+    )
+    .unwrap();
+    // A platform has a gateway; this one is wired (there is no deploy/k8s to wire it into).
+    std::fs::create_dir_all(root.join("gateway")).unwrap();
+    std::fs::write(
+        root.join("gateway/Cargo.toml"),
+        "[package]\nname = \"gateway\"\nversion = \"0.1.0\"\n",
     )
     .unwrap();
     std::fs::write(
         root.join("compose.yaml"),
-        "services:\n  tasks:\n    image: x:1.0\n",
+        "services:\n  gateway:\n    image: y:1.0\n  tasks:\n    image: x:1.0\n",
     )
     .unwrap();
     std::fs::write(

@@ -120,7 +120,11 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
     (
         "manifest-workspace-member",
         &[],
-        &[("Cargo.toml", r#"members = ["services/*"]"#, "members = []")],
+        &[(
+            "Cargo.toml",
+            r#"members = ["gateway", "services/*"]"#,
+            r#"members = ["gateway"]"#,
+        )],
     ),
     (
         "manifest-compose-service",
@@ -160,21 +164,27 @@ const CASES: &[(&str, &[&str], &[Edit])] = &[
     (
         "auth-route-permission",
         &[],
-        &[
-            (
-                "services/tasks/src/routes.rs",
-                ".route_layer(RequirePermissionLayer::new(\"write:task\"))",
-                ".route_layer(RequirePermissionLayer::new(\"write:task\"))\n        .route(\"/tasks/{id}\", get(list_tasks).delete(create_task))\n        .route(\"/tasks/export\", get(|| async { \"csv\" }))",
-            ),
-        ],
+        &[(
+            "services/tasks/src/routes.rs",
+            ".route_layer(RequirePermissionLayer::new(\"write:task\"))",
+            ".route_layer(RequirePermissionLayer::new(\"write:task\"))\n        .route(\"/tasks/{id}\", get(list_tasks).delete(create_task))\n        .route(\"/tasks/export\", get(|| async { \"csv\" }))",
+        )],
     ),
     (
         "manifest-gateway",
         &[],
         &[
             ("Cargo.toml", r#"members = ["gateway", "#, "members = ["),
-            ("gateway/config/default.toml", "0.0.0.0:3000", "0.0.0.0:3010"),
-            ("arq.toml", r#"public = ["/tasks/shared"]"#, r#"public = ["/tasks/shared", "/billing/webhook"]"#),
+            (
+                "gateway/config/default.toml",
+                "0.0.0.0:3000",
+                "0.0.0.0:3010",
+            ),
+            (
+                "arq.toml",
+                r#"public = ["/tasks/shared"]"#,
+                r#"public = ["/tasks/shared", "/billing/webhook"]"#,
+            ),
             ("compose.yaml", "  gateway:\n", "  edge:\n"),
         ],
     ),

@@ -286,7 +286,7 @@ fn kustomizations_are_wired_as_documents_and_unexpected_ones_refused() {
     ok(&root, &["new", "service", "tasks"]);
     let base = root.join("deploy/k8s/base/kustomization.yaml");
     let mut text = std::fs::read_to_string(&base).unwrap();
-    assert!(text.contains("resources:\n- tasks\n"), "{text}");
+    assert!(text.contains("resources:\n- gateway\n- tasks\n"), "{text}");
     // A user's own resource survives the next service's wiring.
     text = text.replace("- tasks\n", "- tasks\n- extra.yaml\n");
     std::fs::write(&base, &text).unwrap();
@@ -298,10 +298,17 @@ fn kustomizations_are_wired_as_documents_and_unexpected_ones_refused() {
     );
     let dev =
         std::fs::read_to_string(root.join("deploy/k8s/overlays/dev/kustomization.yaml")).unwrap();
-    assert!(dev.contains("- name: billing\n  count: 1\n"), "{dev}");
+    assert!(
+        dev.contains("- name: gateway\n  count: 1\n")
+            && dev.contains("- name: billing\n  count: 1\n"),
+        "{dev}"
+    );
     let prod =
         std::fs::read_to_string(root.join("deploy/k8s/overlays/prod/kustomization.yaml")).unwrap();
-    assert!(prod.contains("- billing-hpa.yaml\n"), "{prod}");
+    assert!(
+        prod.contains("- gateway-hpa.yaml\n") && prod.contains("- billing-hpa.yaml\n"),
+        "{prod}"
+    );
 
     // A document without the list arq edits is an error, and nothing is written.
     let staging = root.join("deploy/k8s/overlays/staging/kustomization.yaml");
@@ -352,7 +359,8 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
         .filter(|p| p.starts_with("deploy/k8s") && !p.ends_with("kustomization.yaml"))
         .map(|p| root.join(p))
         .collect();
-    assert_eq!(manifests.len(), 14, "{manifests:?}");
+    // Seven resources each for the gateway and the two services.
+    assert_eq!(manifests.len(), 21, "{manifests:?}");
     let out = Command::new(validate)
         .args(["--strict", "--quiet"])
         .args(&manifests)

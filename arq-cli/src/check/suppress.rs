@@ -47,8 +47,10 @@ impl Suppression {
 }
 
 static COMMENT: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"^\s*(?:--|#|//)\s*arq-check-ignore:\s*([A-Za-z0-9_./-]+)\s*(?:reason:\s*(.*?))?\s*$")
-        .ok()
+    Regex::new(
+        r"^\s*(?:--|#|//)\s*arq-check-ignore:\s*([A-Za-z0-9_./-]+)\s*(?:reason:\s*(.*?))?\s*$",
+    )
+    .ok()
 });
 
 /// `-- arq-check-ignore:` / `# arq-check-ignore:` / `// arq-check-ignore:` comments in SQL files,

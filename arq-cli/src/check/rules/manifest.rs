@@ -175,10 +175,9 @@ fn gateway(ctx: &Ctx, manifest: &Manifest, out: &mut Vec<Finding>) {
     let Some(workspace) = cargo_table.get("workspace") else {
         return;
     };
-    let gateway_line = ctx
-        .manifest_text
-        .as_deref()
-        .map_or(1, |t| line_where(t, |l| l.trim_start().starts_with("[gateway]")));
+    let gateway_line = ctx.manifest_text.as_deref().map_or(1, |t| {
+        line_where(t, |l| l.trim_start().starts_with("[gateway]"))
+    });
     let mut finding = |path: &str, line: u32, message: String| {
         out.push(Finding::new("manifest-gateway", path, line, message));
     };
@@ -205,9 +204,14 @@ fn gateway(ctx: &Ctx, manifest: &Manifest, out: &mut Vec<Finding>) {
             format!("the gateway ({GATEWAY_DIR}) is not in [workspace] members"),
         );
     }
-    let compose = ["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"]
-        .iter()
-        .find_map(|n| ctx.files.get(*n));
+    let compose = [
+        "compose.yaml",
+        "compose.yml",
+        "docker-compose.yaml",
+        "docker-compose.yml",
+    ]
+    .iter()
+    .find_map(|n| ctx.files.get(*n));
     if let Some(file) = compose
         && let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(&file.text)
         && !doc
@@ -267,12 +271,16 @@ fn gateway(ctx: &Ctx, manifest: &Manifest, out: &mut Vec<Finding>) {
         });
         if !covered {
             let line = ctx.manifest_text.as_deref().map_or(1, |t| {
-                line_where(t, |l| l.trim_start().starts_with("public") && l.contains(public.as_str()))
+                line_where(t, |l| {
+                    l.trim_start().starts_with("public") && l.contains(public.as_str())
+                })
             });
             finding(
                 MANIFEST_FILE,
                 line,
-                format!("[gateway] public path {public:?} lies under no service's route; the gateway refuses to start"),
+                format!(
+                    "[gateway] public path {public:?} lies under no service's route; the gateway refuses to start"
+                ),
             );
         }
     }

@@ -92,7 +92,9 @@ fn route_path(e: &syn::Expr) -> String {
         syn::Expr::Reference(r) => route_path(&r.expr),
         syn::Expr::Macro(m) => m
             .mac
-            .parse_body_with(syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated)
+            .parse_body_with(
+                syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated,
+            )
             .ok()
             .and_then(|args| args.first().map(route_path))
             .map(|p| p.replace("{{", "{").replace("}}", "}"))
@@ -111,7 +113,10 @@ impl<'ast> Visit<'ast> for Fns<'_> {
     fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
         let guarded = mentions_guard(&f.sig.inputs.to_token_stream(), self.guards)
             || mentions_guard(&f.block.to_token_stream(), self.guards);
-        let entry = self.out.entry(f.sig.ident.to_string()).or_insert(HandlerFn { guarded });
+        let entry = self
+            .out
+            .entry(f.sig.ident.to_string())
+            .or_insert(HandlerFn { guarded });
         // Two functions of one name (different modules): guarded only if both are.
         entry.guarded &= guarded;
         visit::visit_item_fn(self, f);
@@ -120,7 +125,10 @@ impl<'ast> Visit<'ast> for Fns<'_> {
     fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
         let guarded = mentions_guard(&f.sig.inputs.to_token_stream(), self.guards)
             || mentions_guard(&f.block.to_token_stream(), self.guards);
-        let entry = self.out.entry(f.sig.ident.to_string()).or_insert(HandlerFn { guarded });
+        let entry = self
+            .out
+            .entry(f.sig.ident.to_string())
+            .or_insert(HandlerFn { guarded });
         entry.guarded &= guarded;
         visit::visit_impl_item_fn(self, f);
     }
@@ -136,7 +144,12 @@ struct Routes<'g> {
 
 impl Routes<'_> {
     /// The handlers of a method router expression: `get(h)`, `get(h).post(h2)`, `on(filter, h)`.
-    fn handlers(&self, e: &syn::Expr, out: &mut Vec<(String, String, Option<bool>)>, layered: &mut bool) {
+    fn handlers(
+        &self,
+        e: &syn::Expr,
+        out: &mut Vec<(String, String, Option<bool>)>,
+        layered: &mut bool,
+    ) {
         match e {
             syn::Expr::Call(c) => {
                 let name = match &*c.func {
