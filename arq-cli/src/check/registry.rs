@@ -169,7 +169,7 @@ pub fn explain(r: &Rule) -> String {
         );
     }
     out.push_str(&format!(
-        "\nSuppress one finding, with a reason, in the artifact's own syntax:\n  SQL / Dockerfile: -- arq-check-ignore: {id} reason: <why>   (or # … in a Dockerfile)\n  Kubernetes:       metadata.annotations: {{ \"arq.dev/check-ignore.{id}\": \"<why>\" }}\n  arq.toml:         [[check.ignore]] rule = \"{id}\", path = \"<file or dir>\", reason = \"<why>\"\n",
+        "\nSuppress one finding, with a reason, in the artifact's own syntax:\n  SQL / Dockerfile: -- arq-check-ignore: {id} reason: <why>   (or # … in a Dockerfile, // … in Rust)\n  Kubernetes:       metadata.annotations: {{ \"arq.dev/check-ignore.{id}\": \"<why>\" }}\n  arq.toml:         [[check.ignore]] rule = \"{id}\", path = \"<file or dir>\", reason = \"<why>\"\n",
         id = r.id
     ));
     out
