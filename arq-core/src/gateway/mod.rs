@@ -16,7 +16,7 @@
 //!    verified identity (401 otherwise); the `X-Tenant-ID` sent upstream is the identity's
 //!    tenant, and a client-supplied one that names another tenant is refused with 403;
 //! 4. the upstream's [resilience stack](crate::resilience) (retry ⊃ breaker ⊃ bulkhead ⊃
-//!    timeout, one [`Dependency`](crate::resilience::Dependency) per route, named after it): an
+//!    timeout, one [`Dependency`] per route, named after it): an
 //!    open breaker or a full bulkhead answers 503 with `Retry-After`, an upstream that sends no
 //!    response headers in time 504, an unreachable one 502 — all problem+json. Only idempotent
 //!    requests without a body are retried: a streamed body cannot be sent twice;
