@@ -246,33 +246,26 @@ fn service_schema(
 /// `config-schema`: every environment through arq-core's start-up validation and the service's
 /// own JSON Schema.
 fn check_schema(ctx: &Ctx, out: &mut Vec<Finding>) {
-    for dir in ctx.services.values() {
+    let configs = service_configs(ctx);
+    for (service, dir) in &ctx.services {
         let rel_dir = if dir == "." {
             "config".to_owned()
         } else {
             format!("{dir}/config")
         };
         let prefix = format!("{rel_dir}/");
-        let files: Vec<_> = ctx
-            .files_where(|p| {
-                p.strip_prefix(&prefix)
-                    .is_some_and(|n| n.ends_with(".toml") && !n.contains('/'))
+        // A file that does not parse is already a `config-parses` finding: skip the service.
+        let Some(tables) = configs
+            .iter()
+            .filter(|(s, _)| s == service)
+            .map(|(_, f)| {
+                let env = f.rel[prefix.len()..].trim_end_matches(".toml").to_owned();
+                f.text.parse::<toml::Table>().ok().map(|t| (env, (*f, t)))
             })
-            .collect();
-        // A file that does not parse is already a `config-parses` finding.
-        let mut tables = std::collections::BTreeMap::new();
-        for f in &files {
-            match f.text.parse::<toml::Table>() {
-                Ok(t) => {
-                    let env = f.rel[prefix.len()..].trim_end_matches(".toml").to_owned();
-                    tables.insert(env, (f, t));
-                }
-                Err(_) => tables.clear(),
-            }
-            if tables.is_empty() {
-                break;
-            }
-        }
+            .collect::<Option<std::collections::BTreeMap<_, _>>>()
+        else {
+            continue;
+        };
         if tables.is_empty() {
             continue;
         }
