@@ -109,27 +109,27 @@ struct Fns<'g> {
     out: BTreeMap<String, HandlerFn>,
 }
 
-impl<'ast> Visit<'ast> for Fns<'_> {
-    fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-        let guarded = mentions_guard(&f.sig.inputs.to_token_stream(), self.guards)
-            || mentions_guard(&f.block.to_token_stream(), self.guards);
+impl Fns<'_> {
+    fn record(&mut self, sig: &syn::Signature, block: &syn::Block) {
+        let guarded = mentions_guard(&sig.inputs.to_token_stream(), self.guards)
+            || mentions_guard(&block.to_token_stream(), self.guards);
         let entry = self
             .out
-            .entry(f.sig.ident.to_string())
+            .entry(sig.ident.to_string())
             .or_insert(HandlerFn { guarded });
         // Two functions of one name (different modules): guarded only if both are.
         entry.guarded &= guarded;
+    }
+}
+
+impl<'ast> Visit<'ast> for Fns<'_> {
+    fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+        self.record(&f.sig, &f.block);
         visit::visit_item_fn(self, f);
     }
 
     fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
-        let guarded = mentions_guard(&f.sig.inputs.to_token_stream(), self.guards)
-            || mentions_guard(&f.block.to_token_stream(), self.guards);
-        let entry = self
-            .out
-            .entry(f.sig.ident.to_string())
-            .or_insert(HandlerFn { guarded });
-        entry.guarded &= guarded;
+        self.record(&f.sig, &f.block);
         visit::visit_impl_item_fn(self, f);
     }
 }
