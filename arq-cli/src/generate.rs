@@ -277,6 +277,7 @@ fn plan_standalone(
     };
     let mut ctx_struct = context_struct(&manifest, Some((name, &entry)));
     ctx_struct.standalone = true;
+    ctx_struct.arq = ArqDeps::new(&manifest.arq, 0);
     let ctx = Value::from(minijinja::value::Serde(&ctx_struct));
     let mut plan = Plan::new(&root)?;
     for t in templates.names_under("service") {
@@ -498,6 +499,19 @@ struct PlatformCtx {
     prefix: String,
 }
 
+impl ArqDeps {
+    fn new(src: &ArqSource, depth: usize) -> Self {
+        Self {
+            core: arq_dep(src, "arq-core", depth),
+            core_gateway: arq_dep_with_features(src, "arq-core", &["gateway"], depth),
+            core_testing: arq_dep_with_features(src, "arq-core", &["testing"], depth),
+            auth: arq_dep(src, "arq-auth", depth),
+            tenancy: arq_dep(src, "arq-tenancy", depth),
+            queue: arq_dep(src, "arq-queue", depth),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct ArqDeps {
     core: String,
@@ -541,11 +555,18 @@ fn service_ctx(name: &str, e: &ServiceEntry) -> ServiceCtx {
     }
 }
 
-fn arq_dep(src: &ArqSource, krate: &str) -> String {
+/// `krate` as a dependency of a crate `depth` directories below the platform root: a relative
+/// arq path in `arq.toml` is relative to the root.
+fn arq_dep(src: &ArqSource, krate: &str, depth: usize) -> String {
     if let Some(path) = &src.path {
+        let up = if Path::new(path).is_relative() {
+            "../".repeat(depth)
+        } else {
+            String::new()
+        };
         format!(
             "{{ path = {:?} }}",
-            format!("{}/{krate}", path.trim_end_matches('/'))
+            format!("{up}{}/{krate}", path.trim_end_matches('/'))
         )
     } else if let Some(git) = &src.git {
         format!("{{ git = {git:?} }}")
@@ -555,13 +576,13 @@ fn arq_dep(src: &ArqSource, krate: &str) -> String {
 }
 
 /// Like [`arq_dep`], as an inline table with `features`.
-fn arq_dep_with_features(src: &ArqSource, krate: &str, features: &[&str]) -> String {
+fn arq_dep_with_features(src: &ArqSource, krate: &str, features: &[&str], depth: usize) -> String {
     let features = features
         .iter()
         .map(|f| format!("{f:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let dep = arq_dep(src, krate);
+    let dep = arq_dep(src, krate, depth);
     match dep.strip_prefix("{ ").and_then(|d| d.strip_suffix(" }")) {
         Some(inner) => format!("{{ {inner}, features = [{features}] }}"),
         None => format!("{{ version = {dep}, features = [{features}] }}"),
@@ -597,14 +618,8 @@ fn context_struct(m: &Manifest, service: Option<(&Name, &ServiceEntry)>) -> Cont
             gateway_port: m.gateway.port,
             prefix: m.gateway.prefix.clone(),
         },
-        arq: ArqDeps {
-            core: arq_dep(&m.arq, "arq-core"),
-            core_gateway: arq_dep_with_features(&m.arq, "arq-core", &["gateway"]),
-            core_testing: arq_dep_with_features(&m.arq, "arq-core", &["testing"]),
-            auth: arq_dep(&m.arq, "arq-auth"),
-            tenancy: arq_dep(&m.arq, "arq-tenancy"),
-            queue: arq_dep(&m.arq, "arq-queue"),
-        },
+        // The platform's only crate is `gateway/`; a service's is `services/NAME/`.
+        arq: ArqDeps::new(&m.arq, if service.is_some() { 2 } else { 1 }),
         services: m.services.iter().map(|(n, e)| service_ctx(n, e)).collect(),
         service: service.map(|(n, e)| service_ctx(n.as_str(), e)),
     }

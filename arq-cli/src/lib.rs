@@ -24,7 +24,7 @@
 //! ```
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anstyle::{AnsiColor, Style};
 use clap::{Args, Parser, Subcommand};
@@ -239,7 +239,11 @@ impl From<plan::PlanError> for CliError {
     }
 }
 
-fn source(args: &SourceArgs) -> Result<ArqSource, CliError> {
+/// Where the generated crates take arq from. A relative `--arq-path` stays relative so the
+/// generated tree can be moved or committed together with the checkout (as `examples/platform`
+/// is): it is stored relative to `root`, the directory that will hold `arq.toml` (or the
+/// standalone crate), and each crate's `Cargo.toml` gets it relative to its own directory.
+fn source(args: &SourceArgs, root: &Path) -> Result<ArqSource, CliError> {
     if let Some(p) = &args.arq_path {
         let abs = std::fs::canonicalize(p)
             .map_err(|e| GenerateError::Usage(format!("--arq-path {}: {e}", p.display())))?;
@@ -250,9 +254,14 @@ fn source(args: &SourceArgs) -> Result<ArqSource, CliError> {
             ))
             .into());
         }
+        let path = if p.is_relative() {
+            relative_path(&absolute(root)?, &abs)
+        } else {
+            abs.to_string_lossy().into_owned()
+        };
         return Ok(ArqSource {
             version: None,
-            path: Some(abs.to_string_lossy().into_owned()),
+            path: Some(path),
             git: None,
         });
     }
@@ -273,6 +282,54 @@ fn source(args: &SourceArgs) -> Result<ArqSource, CliError> {
     })
 }
 
+/// `dir` as an absolute path without `.` or `..`, whether or not it exists yet.
+fn absolute(dir: &Path) -> Result<PathBuf, CliError> {
+    let cwd = std::env::current_dir()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| GenerateError::Usage(format!("cannot read the current directory: {e}")))?;
+    let mut out = PathBuf::new();
+    for c in cwd.join(dir).components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    // Resolve symlinks in the part that exists, so it compares with the canonical target.
+    let mut existing = out.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match existing.file_name() {
+            Some(name) => rest.push(name.to_owned()),
+            None => break,
+        }
+        existing.pop();
+    }
+    let mut resolved = std::fs::canonicalize(&existing).unwrap_or(existing);
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
+}
+
+/// The path from directory `from` to `to` (both absolute), with `/` separators.
+fn relative_path(from: &Path, to: &Path) -> String {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".to_owned(); from.len() - common];
+    parts.extend(
+        to[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    if parts.is_empty() {
+        ".".to_owned()
+    } else {
+        parts.join("/")
+    }
+}
+
 fn templates(args: &GenArgs) -> Result<Templates, CliError> {
     Ok(match &args.templates {
         Some(dir) => Templates::with_overrides(dir)?,
@@ -287,7 +344,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, CliError> {
             let opts = InitOptions {
                 dir: args.dir.clone(),
                 name: args.name.as_deref().map(str::parse).transpose()?,
-                arq: source(&args.source)?,
+                arq: source(&args.source, &args.dir)?,
             };
             let t = templates(&args.gen_args)?;
             let generated = generate::plan_init(&opts, &t)?;
@@ -311,6 +368,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, CliError> {
                 }
                 None => manifest::find_platform_root(&cwd),
             };
+            let arq = source(
+                &args.source,
+                &root.clone().unwrap_or_else(|| cwd.join(name.as_str())),
+            )?;
             let opts = NewServiceOptions {
                 name,
                 kind: args.kind,
@@ -318,7 +379,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, CliError> {
                 route: args.route.clone(),
                 queues: args.queues.clone(),
                 database: !args.no_db,
-                arq: source(&args.source)?,
+                arq,
             };
             let t = templates(&args.gen_args)?;
             let generated = generate::plan_new_service(root.as_deref(), &cwd, &opts, &t)?;

@@ -402,3 +402,41 @@ fn alert_rules_pass_promtool() {
     .unwrap();
     assert_eq!(dashboard["panels"].as_array().unwrap().len(), 6);
 }
+
+/// A relative `--arq-path` stays relative (to `arq.toml`'s directory, then to each crate's), so a
+/// platform committed next to the checkout builds wherever the checkout is cloned.
+#[test]
+fn relative_arq_path_is_kept_relative_to_each_crate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let checkout = tmp.path().join("checkout");
+    std::fs::create_dir_all(checkout.join("arq-core")).unwrap();
+    std::fs::write(checkout.join("arq-core/Cargo.toml"), "").unwrap();
+    ok(&checkout, &["init", "examples/acme", "--arq-path", "."]);
+    let root = checkout.join("examples/acme");
+    ok(&root, &["new", "service", "tasks"]);
+    let manifest = std::fs::read_to_string(root.join("arq.toml")).unwrap();
+    assert!(manifest.contains("path = \"../..\""), "{manifest}");
+    let gateway = std::fs::read_to_string(root.join("gateway/Cargo.toml")).unwrap();
+    assert!(
+        gateway.contains("path = \"../../../arq-core\""),
+        "{gateway}"
+    );
+    let service = std::fs::read_to_string(root.join("services/tasks/Cargo.toml")).unwrap();
+    assert!(
+        service.contains("path = \"../../../../arq-tenancy\""),
+        "{service}"
+    );
+
+    // Standalone: relative to the new crate's own directory.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    ok(
+        &elsewhere,
+        &["new", "service", "solo", "--arq-path", "../checkout"],
+    );
+    let solo = std::fs::read_to_string(elsewhere.join("solo/Cargo.toml")).unwrap();
+    assert!(
+        solo.contains("path = \"../../checkout/arq-core\""),
+        "{solo}"
+    );
+}
