@@ -15,7 +15,7 @@
 //! | `POST /notes` | `write:notes` | 201 and the note |
 //! | `GET /notes` | `read:notes` | the tenant's latest notes, newest first |
 //! | `GET /notes/{id}` | `read:notes` | the note, or 404 (also for another tenant's note) |
-//! | `GET /activity` | `read:notes` | what the `note.created` consumer recorded ([`step5_events`](crate::step5_events)) |
+//! | `GET /activity` | `read:notes` | what the `note.created` consumer recorded ([`step5_events`]) |
 
 use arq_auth::RequirePermission;
 use arq_core::Problem;
@@ -69,16 +69,14 @@ fn note((id, author, body): NoteRow) -> Note {
     Note { id, author, body }
 }
 
-/// The trimmed body, or a 422 problem saying what is wrong with it.
-pub fn valid_body(body: &str) -> Result<String, Problem> {
+/// The trimmed body, or what is wrong with it (the handler answers 422 with it).
+pub fn valid_body(body: &str) -> Result<String, String> {
     let body = body.trim();
     let chars = body.chars().count();
     if chars == 0 || chars > MAX_BODY_CHARS {
-        return Err(
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY).with_detail(format!(
-                "body must be 1 to {MAX_BODY_CHARS} characters, not counting surrounding spaces"
-            )),
-        );
+        return Err(format!(
+            "body must be 1 to {MAX_BODY_CHARS} characters, not counting surrounding spaces"
+        ));
     }
     Ok(body.to_owned())
 }
@@ -90,7 +88,8 @@ pub async fn create(
     mut tx: TenantTx,
     Json(new): Json<NewNote>,
 ) -> Result<(StatusCode, Json<Note>), Problem> {
-    let body = valid_body(&new.body)?;
+    let body = valid_body(&new.body)
+        .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY).with_detail(e))?;
     let row: NoteRow = sqlx::query_as(
         "INSERT INTO notes (tenant_id, id, author, body) \
          VALUES (arq.current_tenant_id(), $1, $2, $3) RETURNING id, author, body",
