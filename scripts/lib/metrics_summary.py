@@ -58,23 +58,31 @@ def main():
         print("usage: metrics_summary.py GATEWAY_METRICS [NAME=FILE ...]", file=sys.stderr)
         sys.exit(2)
     by_status = defaultdict(float)
-    buckets = defaultdict(float)
+    buckets = defaultdict(lambda: defaultdict(float))  # route -> le -> cumulative count
     for name, labels, v in samples(sys.argv[1]):
         if name == "http_request_duration_seconds_count":
-            by_status[labels.get("status", "?")] += v
+            by_status[labels.get("status_class", "?")] += v
         elif name == "http_request_duration_seconds_bucket":
             le = labels.get("le", "+Inf")
-            buckets[float("inf") if le in ("+Inf", "Inf") else float(le)] += v
+            le = float("inf") if le in ("+Inf", "Inf") else float(le)
+            route = labels.get("route", "?")
+            buckets[route][le] += v
+            buckets["all requests"][le] += v
     if not by_status:
         print("the gateway's /metrics has no http_request_duration_seconds histogram", file=sys.stderr)
         sys.exit(1)
     total = int(sum(by_status.values()))
     statuses = ", ".join(f"{s}: {int(n)}" for s, n in sorted(by_status.items()))
-    print(f"gateway requests: {total} ({statuses})")
-    p95 = quantile(0.95, list(buckets.items()))
-    p50 = quantile(0.50, list(buckets.items()))
-    if p95 is not None:
-        print(f"gateway latency: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms (from the histogram buckets)")
+    print(f"gateway requests: {total} by status class ({statuses})")
+    print("gateway latency (time to response headers, from the histogram buckets):")
+    for route in sorted(buckets, key=lambda r: (r != "all requests", r)):
+        pairs = list(buckets[route].items())
+        n = int(max(c for _, c in pairs))
+        p50, p95 = quantile(0.50, pairs), quantile(0.95, pairs)
+        if p95 is None:
+            continue
+        note = " (refused before routing: 429s, unknown paths)" if route == "unmatched" else ""
+        print(f"  {route}: {n} requests, p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms{note}")
     queue_lines = []
     for arg in sys.argv[2:]:
         service, _, path = arg.partition("=")
