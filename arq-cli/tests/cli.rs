@@ -547,8 +547,9 @@ fn a_worker_is_wired_everywhere_but_the_gateway() {
 fn worker_options_are_checked_and_nothing_is_written() {
     let (_tmp, root) = platform();
     let before = tree(&root);
-    let worker =
-        |extra: &[&str]| [&["new", "service", "mailer", "--kind", "worker"], extra].concat();
+    fn worker<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        [&["new", "service", "mailer", "--kind", "worker"], extra].concat()
+    }
     for (args, needle) in [
         (worker(&["--route", "/mail"]), "a worker has no route"),
         (worker(&["--queue", "email.*"]), "contains '*'"),
