@@ -80,6 +80,37 @@ fn a_fresh_platform_has_no_findings() {
 }
 
 #[test]
+fn a_platform_with_a_worker_has_no_findings() {
+    let (_tmp, root) = fresh();
+    let o = arq(
+        &root,
+        &[
+            "new",
+            "service",
+            "mailer",
+            "--kind",
+            "worker",
+            "--queue",
+            "email.send",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = arq(&root, &["check", "--format", "json"]);
+    assert_eq!(brief(&stdout(&o)), "");
+    assert_eq!(o.status.code(), Some(0));
+    // The queue declaration arq wrote is what the queue rules check.
+    let manifest = root.join("arq.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("prefetch = 10", "prefetch = 0")).unwrap();
+    let o = arq(&root, &["check", "--format", "json"]);
+    assert!(
+        brief(&stdout(&o)).ends_with(" queues-prefetch\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
 fn a_broken_copy_reports_exactly_the_planted_problems() {
     let (_tmp, root) = fresh();
     let edit = |path: &str, old: &str, new: &str| {
