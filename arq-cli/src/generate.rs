@@ -13,7 +13,7 @@ use toml_edit::DocumentMut;
 use crate::manifest::{
     self, ArqSource, MANIFEST_FILE, Manifest, ManifestError, ServiceEntry, ServiceKind,
 };
-use crate::names::Name;
+use crate::names::{Name, QueueName, QueueNameError};
 use crate::plan::{Plan, PlanError};
 use crate::templates::{TEMPLATE_VERSION, TemplateError, Templates, output_path};
 
@@ -142,20 +142,63 @@ pub fn plan_new_service(
     opts: &NewServiceOptions,
     templates: &Templates,
 ) -> Result<Generated, GenerateError> {
-    if opts.kind == ServiceKind::Worker {
-        return Err(GenerateError::Usage(
-            "worker services are generated on top of arq-queue, whose worker runtime is not released yet; \
-             generate an HTTP service for now (--kind http)"
-                .to_owned(),
-        ));
-    }
-    if let Some(route) = &opts.route {
-        manifest::check_route(route).map_err(GenerateError::Usage)?;
-    }
+    let opts = &normalize(opts)?;
     match platform_root {
         Some(root) => plan_in_platform(root, opts, templates),
         None => plan_standalone(cwd, opts, templates),
     }
+}
+
+/// Checks the options that depend on the kind and fills in the kind's defaults: an HTTP
+/// service has a route and no queues; a worker has no route, consumes at least one queue
+/// (`NAME.jobs` when none is given) and is generated without a database.
+fn normalize(opts: &NewServiceOptions) -> Result<NewServiceOptions, GenerateError> {
+    let mut opts = opts.clone();
+    match opts.kind {
+        ServiceKind::Http => {
+            if let Some(route) = &opts.route {
+                manifest::check_route(route).map_err(GenerateError::Usage)?;
+            }
+            if !opts.queues.is_empty() {
+                return Err(GenerateError::Usage(
+                    "--queue names the queues a worker consumes; add --kind worker, or drop --queue \
+                     (an HTTP service publishes through arq-queue without declaring queues here)"
+                        .to_owned(),
+                ));
+            }
+        }
+        ServiceKind::Worker => {
+            if opts.route.is_some() {
+                return Err(GenerateError::Usage(
+                    "a worker has no route (it serves only /health and /metrics); drop --route"
+                        .to_owned(),
+                ));
+            }
+            if opts.queues.is_empty() {
+                opts.queues.push(format!("{}.jobs", opts.name));
+            }
+            let mut seen: Vec<QueueName> = Vec::new();
+            for q in &opts.queues {
+                let parsed: QueueName = q
+                    .parse()
+                    .map_err(|e: QueueNameError| GenerateError::Usage(e.to_string()))?;
+                if let Some(other) = seen.iter().find(|o| o.ident() == parsed.ident()) {
+                    return Err(GenerateError::Usage(if other == &parsed {
+                        format!("--queue {q} is given twice")
+                    } else {
+                        format!(
+                            "queues {other:?} and {q:?} would both name their handler `{}`; rename one",
+                            parsed.ident()
+                        )
+                    }));
+                }
+                seen.push(parsed);
+            }
+            // Workers are generated without a database (see docs/generator.md).
+            opts.database = false;
+        }
+    }
+    Ok(opts)
 }
 
 fn plan_in_platform(
@@ -168,14 +211,14 @@ fn plan_in_platform(
     })?;
     let name = &opts.name;
     let rel_dir = format!("services/{name}");
-    let route = opts.route.clone().unwrap_or_else(|| format!("/{name}"));
+    let route = default_route(opts);
     let entry = match manifest.services.get(name.as_str()) {
         Some(existing) => {
             // Re-running with the same inputs is allowed and changes nothing; different
             // inputs would silently re-plumb a live service, so they are refused.
             let same = existing.kind == opts.kind
                 && opts.port.is_none_or(|p| p == existing.port)
-                && existing.route.as_deref() == Some(route.as_str())
+                && existing.route == route
                 && existing.database == opts.database
                 && existing.queues == opts.queues;
             if !same {
@@ -194,7 +237,7 @@ fn plan_in_platform(
             let entry = ServiceEntry {
                 kind: opts.kind,
                 port: opts.port.unwrap_or_else(|| manifest.next_free_port()),
-                route: Some(route),
+                route,
                 database: opts.database,
                 queues: opts.queues.clone(),
             };
@@ -202,6 +245,10 @@ fn plan_in_platform(
             entry
         }
     };
+    // `arq check` requires every consumed queue to be declared with its dead-letter queue.
+    for q in &entry.queues {
+        manifest::declare_queue(&mut doc, q)?;
+    }
     let new_manifest_text = doc.to_string();
     let new_manifest = Manifest::parse(&new_manifest_text, &root.join(MANIFEST_FILE))?;
 
@@ -211,8 +258,9 @@ fn plan_in_platform(
     plan.edit("Cargo.toml", "workspace member", cargo)?;
 
     let ctx = platform_context(&new_manifest, Some((name, &entry)));
-    for t in templates.names_under("service") {
-        let out = format!("{rel_dir}/{}", output_path(&t, "service"));
+    let set = template_set(entry.kind);
+    for t in templates.names_under(set) {
+        let out = format!("{rel_dir}/{}", output_path(&t, set));
         render_unless_empty(&mut plan, &out, &t, templates.render(&t, &ctx)?)?;
     }
     for t in templates.names_under("service-platform") {
@@ -227,15 +275,42 @@ fn plan_in_platform(
             plan.render(&out, &t, templates.render(&t, &ctx)?)?;
         }
     }
+    let summary = match &entry.route {
+        Some(route) => format!(
+            "service {name} in {rel_dir} (port {}, route {}{route})",
+            entry.port, new_manifest.gateway.prefix
+        ),
+        None => format!(
+            "worker {name} in {rel_dir} (port {}, queues {})",
+            entry.port,
+            entry.queues.join(", ")
+        ),
+    };
     Ok(Generated {
         plan: plan.finish(TEMPLATE_VERSION),
-        summary: format!(
-            "service {name} in {rel_dir} (port {}, route {}{})",
-            entry.port,
-            new_manifest.gateway.prefix,
-            entry.route.as_deref().unwrap_or("")
-        ),
+        summary,
     })
+}
+
+/// The route a new service gets: the one given, else `/NAME`; a worker has none.
+fn default_route(opts: &NewServiceOptions) -> Option<String> {
+    match opts.kind {
+        ServiceKind::Http => Some(
+            opts.route
+                .clone()
+                .unwrap_or_else(|| format!("/{}", opts.name)),
+        ),
+        ServiceKind::Worker => None,
+    }
+}
+
+/// The template folder a kind of service is rendered from (`service/` or `worker/`); both
+/// share `service-platform/` for their wiring.
+const fn template_set(kind: ServiceKind) -> &'static str {
+    match kind {
+        ServiceKind::Http => "service",
+        ServiceKind::Worker => "worker",
+    }
 }
 
 fn plan_standalone(
@@ -255,7 +330,7 @@ fn plan_standalone(
     let entry = ServiceEntry {
         kind: opts.kind,
         port: opts.port.unwrap_or(manifest::FIRST_SERVICE_PORT),
-        route: Some(opts.route.clone().unwrap_or_else(|| format!("/{name}"))),
+        route: default_route(opts),
         database: opts.database,
         queues: opts.queues.clone(),
     };
@@ -280,13 +355,18 @@ fn plan_standalone(
     ctx_struct.arq = ArqDeps::new(&manifest.arq, 0);
     let ctx = Value::from(minijinja::value::Serde(&ctx_struct));
     let mut plan = Plan::new(&root)?;
-    for t in templates.names_under("service") {
-        let out = output_path(&t, "service");
+    let set = template_set(entry.kind);
+    for t in templates.names_under(set) {
+        let out = output_path(&t, set);
         render_unless_empty(&mut plan, &out, &t, templates.render(&t, &ctx)?)?;
     }
+    let what = match entry.kind {
+        ServiceKind::Http => "service",
+        ServiceKind::Worker => "worker",
+    };
     Ok(Generated {
         plan: plan.finish(TEMPLATE_VERSION),
-        summary: format!("standalone service {name} in {}", root.display()),
+        summary: format!("standalone {what} {name} in {}", root.display()),
     })
 }
 
@@ -508,6 +588,7 @@ impl ArqDeps {
             auth: arq_dep(src, "arq-auth", depth),
             tenancy: arq_dep(src, "arq-tenancy", depth),
             queue: arq_dep(src, "arq-queue", depth),
+            queue_rabbitmq: arq_dep_with_features(src, "arq-queue", &["rabbitmq"], depth),
         }
     }
 }
@@ -522,6 +603,8 @@ struct ArqDeps {
     auth: String,
     tenancy: String,
     queue: String,
+    /// arq-queue with its `rabbitmq` feature, for workers.
+    queue_rabbitmq: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -533,10 +616,24 @@ struct ServiceCtx {
     port: u16,
     route: String,
     database: bool,
-    queues: Vec<String>,
+    queues: Vec<QueueCtx>,
 }
 
-fn service_ctx(name: &str, e: &ServiceEntry) -> ServiceCtx {
+/// A queue a worker consumes, with the names its generated code uses.
+#[derive(Debug, Clone, Serialize)]
+struct QueueCtx {
+    name: String,
+    /// The handler function (`email_send`).
+    ident: String,
+    /// The message type (`EmailSend`).
+    camel: String,
+    /// The dead-letter queue arq-queue declares for it.
+    dead_letter: String,
+    /// Its prefetch: the manifest's declaration, else arq-queue's default.
+    prefetch: i64,
+}
+
+fn service_ctx(m: &Manifest, name: &str, e: &ServiceEntry) -> ServiceCtx {
     let parsed: Option<Name> = name.parse().ok();
     ServiceCtx {
         name: name.to_owned(),
@@ -551,7 +648,23 @@ fn service_ctx(name: &str, e: &ServiceEntry) -> ServiceCtx {
         port: e.port,
         route: e.route.clone().unwrap_or_default(),
         database: e.database,
-        queues: e.queues.clone(),
+        queues: e
+            .queues
+            .iter()
+            .map(|q| {
+                let parsed: Option<QueueName> = q.parse().ok();
+                QueueCtx {
+                    name: q.clone(),
+                    ident: parsed
+                        .as_ref()
+                        .map_or_else(|| q.replace(['.', '-'], "_"), QueueName::ident),
+                    camel: parsed.as_ref().map_or_else(|| q.clone(), QueueName::camel),
+                    dead_letter: manifest::dead_letter_queue(q),
+                    prefetch: manifest::declared_prefetch(m, q)
+                        .unwrap_or(manifest::DEFAULT_PREFETCH),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -620,8 +733,12 @@ fn context_struct(m: &Manifest, service: Option<(&Name, &ServiceEntry)>) -> Cont
         },
         // The platform's only crate is `gateway/`; a service's is `services/NAME/`.
         arq: ArqDeps::new(&m.arq, if service.is_some() { 2 } else { 1 }),
-        services: m.services.iter().map(|(n, e)| service_ctx(n, e)).collect(),
-        service: service.map(|(n, e)| service_ctx(n.as_str(), e)),
+        services: m
+            .services
+            .iter()
+            .map(|(n, e)| service_ctx(m, n, e))
+            .collect(),
+        service: service.map(|(n, e)| service_ctx(m, n.as_str(), e)),
     }
 }
 

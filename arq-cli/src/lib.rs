@@ -55,7 +55,7 @@ pub const EXIT_ERROR: u8 = 2;
     name = "arq",
     version,
     about = "Scaffold multi-tenant Rust services and check them in CI",
-    after_help = "Examples:\n  arq init acme\n  cd acme && arq new service tasks\n  arq new service billing --port 3010 --route /billing --dry-run"
+    after_help = "Examples:\n  arq init acme\n  cd acme && arq new service tasks\n  arq new service billing --port 3010 --route /billing --dry-run\n  arq new service mailer --kind worker --queue email.send"
 )]
 pub struct Cli {
     /// The command to run.
@@ -90,9 +90,10 @@ pub enum Command {
 /// What `arq new` generates.
 #[derive(Debug, Subcommand)]
 pub enum NewCommand {
-    /// Generate a service; inside a platform, also wire it into arq.toml, the workspace and compose.yaml.
+    /// Generate a service or a queue worker; inside a platform, also wire it into arq.toml, the
+    /// workspace, compose.yaml, the Kubernetes manifests, CI and the alert rules.
     #[command(
-        after_help = "Examples:\n  arq new service tasks\n  arq new service billing --port 3010 --route /billing\n  arq new service tasks --dry-run"
+        after_help = "Examples:\n  arq new service tasks\n  arq new service billing --port 3010 --route /billing\n  arq new service tasks --dry-run\n  arq new service mailer --kind worker --queue email.send --queue email.bounce"
     )]
     Service(NewServiceArgs),
 }
@@ -147,19 +148,20 @@ pub struct InitArgs {
 pub struct NewServiceArgs {
     /// The service name: lowercase letters, digits and hyphens.
     pub name: String,
-    /// HTTP service or queue worker.
+    /// HTTP service, or queue worker (consumes --queue QUEUE…, serves only health and metrics,
+    /// has no database).
     #[arg(long, value_enum, default_value = "http")]
     pub kind: ServiceKind,
     /// The port (default: the next free one from 3001).
     #[arg(long)]
     pub port: Option<u16>,
-    /// The route prefix under the gateway prefix (default: /NAME).
+    /// The route prefix under the gateway prefix (default: /NAME; HTTP services only).
     #[arg(long)]
     pub route: Option<String>,
-    /// A queue the service consumes (repeatable).
+    /// A queue the worker consumes (repeatable; default: NAME.jobs; workers only).
     #[arg(long = "queue", value_name = "QUEUE")]
     pub queues: Vec<String>,
-    /// Generate without a database.
+    /// Generate without a database (workers never have one).
     #[arg(long)]
     pub no_db: bool,
     /// The platform to add the service to (default: the nearest arq.toml above the current

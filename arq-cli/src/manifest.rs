@@ -285,6 +285,49 @@ pub fn add_service(
     Ok(())
 }
 
+/// The prefetch a newly declared queue gets (arq-queue's default).
+pub const DEFAULT_PREFETCH: i64 = 10;
+
+/// The dead-letter queue arq-queue gives work queue `queue`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// The prefetch `[queues."NAME"]` declares, if the manifest declares the queue with one.
+pub fn declared_prefetch(manifest: &Manifest, queue: &str) -> Option<i64> {
+    manifest
+        .queues
+        .as_ref()?
+        .get(queue)?
+        .get("prefetch")?
+        .as_integer()
+}
+
+/// Declares `[queues."NAME"]` with its dead-letter queue and a prefetch, unless the manifest
+/// already declares it (a declaration the user wrote, or another worker's, is kept as it is).
+/// Returns whether it added the declaration.
+pub fn declare_queue(doc: &mut DocumentMut, queue: &str) -> Result<bool, ManifestError> {
+    let queues = doc
+        .entry("queues")
+        .or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        })
+        .as_table_mut()
+        .ok_or_else(|| ManifestError::Shape {
+            what: "`queues` must be a table of [queues.\"NAME\"] sections".to_owned(),
+        })?;
+    if queues.contains_key(queue) {
+        return Ok(false);
+    }
+    let mut t = Table::new();
+    t["dead_letter"] = value(dead_letter_queue(queue));
+    t["prefetch"] = value(DEFAULT_PREFETCH);
+    queues.insert(queue, Item::Table(t));
+    Ok(true)
+}
+
 /// Errors reading or editing the manifest.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -409,5 +452,24 @@ route = "/w"
         }
         assert!(routes_overlap("/tasks", "/tasks/x"));
         assert!(!routes_overlap("/tasks", "/taskset"));
+    }
+    #[test]
+    fn declare_queue_adds_once_and_keeps_user_declarations() {
+        let mut doc: DocumentMut = (BASE.to_owned()
+            + "\n[queues.\"email.send\"]  # tuned\ndead_letter = \"email.send.dead\"\nprefetch = 50\n")
+            .parse()
+            .unwrap();
+        assert!(!declare_queue(&mut doc, "email.send").unwrap());
+        assert!(declare_queue(&mut doc, "report.generate").unwrap());
+        assert!(!declare_queue(&mut doc, "report.generate").unwrap());
+        let text = doc.to_string();
+        assert!(text.contains("# tuned"), "{text}");
+        assert!(
+            text.contains("[queues.\"report.generate\"]\ndead_letter = \"report.generate.dead\"\nprefetch = 10\n"),
+            "{text}"
+        );
+        let m = Manifest::parse(&text, Path::new("arq.toml")).unwrap();
+        assert_eq!(declared_prefetch(&m, "email.send"), Some(50));
+        assert_eq!(declared_prefetch(&m, "nothing"), None);
     }
 }

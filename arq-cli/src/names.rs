@@ -210,6 +210,181 @@ pub enum NameError {
     },
 }
 
+/// The longest queue name accepted (arq-queue allows 200 bytes; a queue also gets `.wait` and
+/// `.dead` siblings and may carry a per-environment prefix, and the generated code stays
+/// rustfmt-clean up to this length).
+pub const MAX_QUEUE_NAME_LEN: usize = 60;
+
+/// Type names the generated worker code already uses: a queue whose message type would take one
+/// of these names would not compile.
+const TAKEN_TYPE_NAMES: &[&str] = &[
+    "Self",
+    "Job",
+    "HandlerError",
+    "Message",
+    "Serialize",
+    "Deserialize",
+    "String",
+    "Option",
+    "Result",
+    "Vec",
+    "Box",
+    "Some",
+    "None",
+    "Ok",
+    "Err",
+    "Clone",
+    "Copy",
+    "Debug",
+    "Default",
+    "Send",
+    "Sync",
+];
+
+/// A validated queue name for a worker (`email.send`, `report-generate`): words of lowercase
+/// ASCII letters and digits joined by `.`, `-` or `_`, starting with a letter, at most
+/// [`MAX_QUEUE_NAME_LEN`] characters. Every such name is a valid arq-queue queue name and a
+/// literal AMQP routing key (no `*` or `#`), and has a Rust identifier form for its handler
+/// and a type name for its message.
+///
+/// # Example
+/// ```
+/// use arq_cli::names::QueueName;
+///
+/// let q: QueueName = "email.send".parse()?;
+/// assert_eq!(q.ident(), "email_send");
+/// assert_eq!(q.camel(), "EmailSend");
+/// assert!("email.*".parse::<QueueName>().is_err());
+/// # Ok::<(), arq_cli::names::QueueNameError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueName(String);
+
+impl QueueName {
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn words(&self) -> impl Iterator<Item = &str> {
+        self.0.split(['.', '-', '_'])
+    }
+
+    /// The Rust identifier form: the words joined by `_` (`email.send` → `email_send`).
+    pub fn ident(&self) -> String {
+        self.words().collect::<Vec<_>>().join("_")
+    }
+
+    /// The `UpperCamelCase` form, for the message type (`email.send` → `EmailSend`).
+    pub fn camel(&self) -> String {
+        self.words()
+            .map(|w| {
+                let mut chars = w.chars();
+                chars.next().map_or_else(String::new, |first| {
+                    first.to_ascii_uppercase().to_string() + chars.as_str()
+                })
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for QueueName {
+    type Err = QueueNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = || s.chars().take(60).collect::<String>();
+        if s.chars().count() > MAX_QUEUE_NAME_LEN {
+            return Err(QueueNameError::TooLong {
+                name: name(),
+                len: s.chars().count(),
+            });
+        }
+        if let Some(c) = s.chars().find(|c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        }) {
+            return Err(QueueNameError::BadChar {
+                name: name(),
+                found: c,
+            });
+        }
+        if !s.starts_with(|c: char| c.is_ascii_lowercase())
+            || s.split(['.', '-', '_']).any(str::is_empty)
+        {
+            return Err(QueueNameError::BadShape { name: name() });
+        }
+        let q = Self(s.to_owned());
+        if RUST_KEYWORDS.contains(&q.ident().as_str()) {
+            return Err(QueueNameError::Keyword { name: name() });
+        }
+        let camel = q.camel();
+        if TAKEN_TYPE_NAMES.contains(&camel.as_str()) {
+            return Err(QueueNameError::TakenType {
+                name: name(),
+                camel,
+            });
+        }
+        Ok(q)
+    }
+}
+
+/// Why a queue name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueNameError {
+    /// The name is longer than [`MAX_QUEUE_NAME_LEN`].
+    #[error(
+        "queue {name:?} is {len} characters long; queue names are at most {MAX_QUEUE_NAME_LEN} characters"
+    )]
+    TooLong {
+        /// The name as given (cut).
+        name: String,
+        /// Its length in characters.
+        len: usize,
+    },
+    /// The name contains a character other than lowercase ASCII letters, digits, `.`, `-`, `_`.
+    #[error(
+        "queue {name:?} contains {found:?}; use lowercase letters and digits joined by '.', '-' or '_', e.g. \"email.send\" (topic wildcards belong in bindings, not in queue names)"
+    )]
+    BadChar {
+        /// The name as given.
+        name: String,
+        /// The first offending character.
+        found: char,
+    },
+    /// The name is empty, does not start with a letter, or has an empty word.
+    #[error(
+        "queue {name:?} must start with a lowercase letter and have no empty word between '.', '-' or '_', e.g. \"email.send\""
+    )]
+    BadShape {
+        /// The name as given.
+        name: String,
+    },
+    /// The handler's identifier would be a Rust keyword.
+    #[error(
+        "queue {name:?} would name its handler with a Rust keyword; choose another name, e.g. \"{name}.jobs\""
+    )]
+    Keyword {
+        /// The name as given.
+        name: String,
+    },
+    /// The message type's name would clash with a name the generated code uses.
+    #[error(
+        "queue {name:?} would name its message type `{camel}`, which the generated worker code already uses; choose another name, e.g. \"{name}.jobs\""
+    )]
+    TakenType {
+        /// The name as given.
+        name: String,
+        /// The type name it would get.
+        camel: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +430,30 @@ mod tests {
                 .to_string()
                 .contains("41 characters")
         );
+    }
+    #[test]
+    fn queue_names() {
+        let q: QueueName = "report-generate.v2".parse().unwrap();
+        assert_eq!(q.ident(), "report_generate_v2");
+        assert_eq!(q.camel(), "ReportGenerateV2");
+        let cases: &[(&str, &str)] = &[
+            ("", "must start with a lowercase letter"),
+            ("email.*", "contains '*'"),
+            ("email.#", "contains '#'"),
+            ("Email", "contains 'E'"),
+            ("1jobs", "must start with a lowercase letter"),
+            ("email..send", "empty word"),
+            ("email.", "empty word"),
+            ("../x", "contains '/'"),
+            ("type", "Rust keyword"),
+            ("job", "`Job`"),
+            ("string", "`String`"),
+        ];
+        for (input, needle) in cases {
+            let err = input.parse::<QueueName>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{input:?}: {err}");
+        }
+        assert!("a".repeat(60).parse::<QueueName>().is_ok());
+        assert!("a".repeat(61).parse::<QueueName>().is_err());
     }
 }

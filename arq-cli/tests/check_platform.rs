@@ -80,6 +80,37 @@ fn a_fresh_platform_has_no_findings() {
 }
 
 #[test]
+fn a_platform_with_a_worker_has_no_findings() {
+    let (_tmp, root) = fresh();
+    let o = arq(
+        &root,
+        &[
+            "new",
+            "service",
+            "mailer",
+            "--kind",
+            "worker",
+            "--queue",
+            "email.send",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = arq(&root, &["check", "--format", "json"]);
+    assert_eq!(brief(&stdout(&o)), "");
+    assert_eq!(o.status.code(), Some(0));
+    // The queue declaration arq wrote is what the queue rules check.
+    let manifest = root.join("arq.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("prefetch = 10", "prefetch = 0")).unwrap();
+    let o = arq(&root, &["check", "--format", "json"]);
+    assert!(
+        brief(&stdout(&o)).ends_with(" queues-prefetch\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
 fn a_broken_copy_reports_exactly_the_planted_problems() {
     let (_tmp, root) = fresh();
     let edit = |path: &str, old: &str, new: &str| {
@@ -126,6 +157,18 @@ fn generated_drift_is_reported_and_intent_can_be_recorded() {
     let t = std::fs::read_to_string(&compose).unwrap();
     std::fs::write(&compose, t.replace("RUST_LOG: info", "RUST_LOG: debug")).unwrap();
     std::fs::remove_file(root.join("services/billing/Dockerfile")).unwrap();
+    // The API description is the service's own to change, like its code: not drift.
+    let openapi = root.join("services/billing/openapi.json");
+    let doc = std::fs::read_to_string(&openapi).unwrap();
+    std::fs::write(
+        &openapi,
+        doc.replacen(
+            "\"paths\"",
+            "\"x-owner\": \"billing team\",\n  \"paths\"",
+            1,
+        ),
+    )
+    .unwrap();
     let o = arq(
         &root,
         &["check", "--format", "json", "--fail-on", "warning"],

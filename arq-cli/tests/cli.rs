@@ -49,6 +49,19 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// The worker the tests generate: two queues, so every per-queue loop renders twice.
+const WORKER: &[&str] = &[
+    "new",
+    "service",
+    "mailer",
+    "--kind",
+    "worker",
+    "--queue",
+    "email.send",
+    "--queue",
+    "email.bounce",
+];
+
 fn platform() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     ok(tmp.path(), &["init", "acme", "--arq-version", "0.1.0"]);
@@ -66,6 +79,7 @@ fn generated_files_snapshot() {
             "new", "service", "billing", "--no-db", "--route", "/billing",
         ],
     );
+    ok(&root, WORKER);
     for (path, content) in tree(&root) {
         let name = path.to_string_lossy().replace(['/', '.'], "_");
         insta::assert_snapshot!(name, content);
@@ -232,6 +246,35 @@ fn generated_rust_is_rustfmt_clean_even_with_long_names() {
     assert_eq!(long.len(), 40);
     ok(&root, &["new", "service", long]);
     ok(&root, &["new", "service", "t"]);
+    let long_worker = "a-very-long-worker-name-of-forty-chars-1";
+    assert_eq!(long_worker.len(), 40);
+    let long_queue = "a.very.long.queue.name.that.makes.the.generated.code.wrap.it";
+    assert_eq!(long_queue.len(), 60);
+    ok(
+        &root,
+        &[
+            "new",
+            "service",
+            long_worker,
+            "--kind",
+            "worker",
+            "--queue",
+            long_queue,
+            "--queue",
+            "q",
+            // Either side of the widths where rustfmt breaks a handler's registration (40)
+            // and signature (46).
+            "--queue",
+            "abcdefghij.klmnopqr",
+            "--queue",
+            "abcdefghij.klmnopqrs",
+            "--queue",
+            "abcdefghijk.lmnopqrstu",
+            "--queue",
+            "abcdefghijk.lmnopqrstuv",
+        ],
+    );
+    ok(&root, &["new", "service", "w", "--kind", "worker"]);
     let files: Vec<PathBuf> = tree(&root)
         .into_keys()
         .filter(|p| p.extension().is_some_and(|e| e == "rs"))
@@ -354,13 +397,14 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
     let (_tmp, root) = platform();
     ok(&root, &["new", "service", "tasks"]);
     ok(&root, &["new", "service", "billing", "--no-db"]);
+    ok(&root, WORKER);
     let manifests: Vec<PathBuf> = tree(&root)
         .into_keys()
         .filter(|p| p.starts_with("deploy/k8s") && !p.ends_with("kustomization.yaml"))
         .map(|p| root.join(p))
         .collect();
-    // Seven resources each for the gateway and the two services.
-    assert_eq!(manifests.len(), 21, "{manifests:?}");
+    // Seven resources each for the gateway, the two services and the worker.
+    assert_eq!(manifests.len(), 28, "{manifests:?}");
     let out = Command::new(validate)
         .args(["--strict", "--quiet"])
         .args(&manifests)
@@ -385,6 +429,7 @@ fn alert_rules_pass_promtool() {
     };
     let (_tmp, root) = platform();
     ok(&root, &["new", "service", "tasks"]);
+    ok(&root, WORKER);
     let out = Command::new(promtool)
         .args(["check", "rules"])
         .arg(root.join("deploy/monitoring/alerts.rules.yml"))
@@ -401,6 +446,155 @@ fn alert_rules_pass_promtool() {
     )
     .unwrap();
     assert_eq!(dashboard["panels"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn a_worker_is_wired_everywhere_but_the_gateway() {
+    let (_tmp, root) = platform();
+    ok(&root, &["new", "service", "tasks"]);
+    let before = tree(&root);
+    let out = ok(&root, &[WORKER, &["--dry-run"]].concat());
+    assert_eq!(before, tree(&root), "--dry-run writes nothing");
+    assert!(
+        out.contains("+++ b/services/mailer/src/handlers.rs"),
+        "{out}"
+    );
+    assert!(out.contains("+[queues.\"email.send\"]"), "{out}");
+    let out = ok(&root, WORKER);
+    assert!(
+        out.contains(
+            "worker mailer in services/mailer (port 3002, queues email.send, email.bounce)"
+        ),
+        "{out}"
+    );
+
+    let manifest = std::fs::read_to_string(root.join("arq.toml")).unwrap();
+    assert!(
+        manifest.contains(
+            "[services.mailer]\nkind = \"worker\"\nport = 3002\ndatabase = false\nqueues = [\"email.send\", \"email.bounce\"]\n"
+        ),
+        "{manifest}"
+    );
+    for q in ["email.send", "email.bounce"] {
+        let declared = format!("[queues.\"{q}\"]\ndead_letter = \"{q}.dead\"\nprefetch = 10\n");
+        assert!(manifest.contains(&declared), "{manifest}");
+    }
+    let files = tree(&root);
+    let file = |p: &str| {
+        files
+            .get(Path::new(p))
+            .unwrap_or_else(|| panic!("{p} missing"))
+    };
+    // No routes, no database: no OpenAPI document, migrations, policies or items.
+    let generated: Vec<&Path> = files
+        .keys()
+        .filter(|p| p.starts_with("services/mailer"))
+        .map(PathBuf::as_path)
+        .collect();
+    assert_eq!(
+        generated,
+        [
+            "services/mailer/Cargo.toml",
+            "services/mailer/Dockerfile",
+            "services/mailer/README.md",
+            "services/mailer/config/default.toml",
+            "services/mailer/src/handlers.rs",
+            "services/mailer/src/lib.rs",
+            "services/mailer/src/main.rs",
+            "services/mailer/tests/worker.rs",
+        ]
+        .map(Path::new)
+    );
+    assert!(file("Cargo.toml").contains("\"services/mailer\""));
+    let compose = file("compose.yaml");
+    let gateway = &compose[compose.find("  gateway:").unwrap()..compose.find("  mailer:").unwrap()];
+    assert!(
+        !gateway.contains("- mailer"),
+        "the gateway does not route to a worker:\n{gateway}"
+    );
+    let mailer = &compose[compose.find("  mailer:").unwrap()..];
+    assert!(
+        mailer.contains("ARQ__QUEUE__URL: amqp://guest:guest@rabbitmq:5672/%2f"),
+        "{mailer}"
+    );
+    assert!(
+        mailer.contains("rabbitmq:\n        condition: service_healthy"),
+        "{mailer}"
+    );
+    assert!(!compose.contains("mailer-migrate"), "{compose}");
+    let deployment = file("deploy/k8s/base/mailer/deployment.yaml");
+    assert!(!deployment.contains("initContainers"), "{deployment}");
+    assert!(deployment.contains("name: ARQ__QUEUE__URL"), "{deployment}");
+    let policy = file("deploy/k8s/base/mailer/networkpolicy.yaml");
+    assert!(
+        policy.contains("app.kubernetes.io/name: prometheus") && !policy.contains("name: gateway")
+    );
+    assert!(
+        policy.contains("port: 5672") && !policy.contains("port: 5432"),
+        "{policy}"
+    );
+    assert!(file("deploy/k8s/overlays/prod/kustomization.yaml").contains("- mailer-hpa.yaml"));
+    assert!(file(".github/workflows/ci.yml").contains("ARQ_TEST_AMQP_URL"));
+    let alerts = file("deploy/monitoring/alerts.rules.yml");
+    assert!(alerts.contains("alert: MailerDeadLetters") && !alerts.contains("MailerHighLatency"));
+
+    let out = ok(&root, WORKER);
+    assert!(out.contains("up to date"), "{out}");
+    assert_eq!(files, tree(&root), "re-running changes nothing");
+}
+
+#[test]
+fn worker_options_are_checked_and_nothing_is_written() {
+    let (_tmp, root) = platform();
+    let before = tree(&root);
+    fn worker<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        [&["new", "service", "mailer", "--kind", "worker"], extra].concat()
+    }
+    for (args, needle) in [
+        (worker(&["--route", "/mail"]), "a worker has no route"),
+        (worker(&["--queue", "email.*"]), "contains '*'"),
+        (worker(&["--queue", "Email"]), "contains 'E'"),
+        (worker(&["--queue", "type"]), "Rust keyword"),
+        (worker(&["--queue", "job"]), "`Job`"),
+        (worker(&["--queue", "a.b", "--queue", "a.b"]), "given twice"),
+        (
+            worker(&["--queue", "a.b", "--queue", "a-b"]),
+            "both name their handler `a_b`",
+        ),
+        (
+            vec!["new", "service", "tasks", "--queue", "email.send"],
+            "add --kind worker",
+        ),
+    ] {
+        let err = fails(&root, &args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert_eq!(before, tree(&root));
+    // The default queue, and a re-run with other queues is refused.
+    ok(&root, &["new", "service", "mailer", "--kind", "worker"]);
+    let manifest = std::fs::read_to_string(root.join("arq.toml")).unwrap();
+    assert!(
+        manifest.contains("queues = [\"mailer.jobs\"]"),
+        "{manifest}"
+    );
+    let err = fails(&root, &worker(&["--queue", "email.send"]));
+    assert!(err.contains("other settings"), "{err}");
+}
+
+#[test]
+fn standalone_worker_outside_a_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [WORKER, &["--arq-version", "0.1.0"]].concat();
+    let out = ok(tmp.path(), &args);
+    assert!(out.contains("standalone worker mailer"), "{out}");
+    let files = tree(&tmp.path().join("mailer"));
+    assert!(!files.keys().any(|p| p.starts_with("deploy")));
+    for file in ["Cargo.toml", "Dockerfile", "config/default.toml"] {
+        let name = format!("standalone_worker_{}", file.replace(['/', '.'], "_"));
+        insta::assert_snapshot!(name, files[Path::new(file)]);
+    }
+    let out = ok(tmp.path(), &args);
+    assert!(out.contains("up to date"), "{out}");
 }
 
 /// A relative `--arq-path` stays relative (to `arq.toml`'s directory, then to each crate's), so a

@@ -19,6 +19,15 @@
 //!   materialized view is built over tenant tables (it cannot have row level security);
 //! - no `SECURITY DEFINER` function that the runtime role may execute is owned by a role that
 //!   bypasses row level security.
+//!
+//! A tenant table the runtime role may only `INSERT` into — no `SELECT` on any column, no
+//! `UPDATE`, `DELETE` or `TRUNCATE`, through `PUBLIC` and role membership included — is
+//! *insert-only* (arq-queue's transactional outbox is one: its relay, under another role, reads
+//! every tenant's rows). The role can never read or change a row of it, so it needs neither row
+//! level security nor `tenant_id` in its unique indexes and foreign keys; it is listed in
+//! [`AuditReport::insert_only_tables`] instead. It must still not be owned by the runtime role
+//! (an owner can grant itself anything). What the audit cannot rule out there is the service
+//! inserting a row for another tenant — the same as for any table without a tenant policy.
 
 use std::fmt;
 
@@ -192,6 +201,9 @@ pub struct AuditReport {
     pub role: String,
     /// The tenant tables found, schema-qualified where needed.
     pub tenant_tables: Vec<String>,
+    /// The tenant tables the runtime role may only insert into (see the module docs); also in
+    /// `tenant_tables`, exempt from the row level security, index and foreign key rules.
+    pub insert_only_tables: Vec<String>,
     /// Every violation found; empty when the database is safe.
     pub violations: Vec<Violation>,
 }
@@ -296,9 +308,15 @@ pub async fn audit(
     let role_exists = role.is_some();
 
     // Tenant tables and their row level security state.
-    let tables: Vec<(String, bool, bool, bool, bool)> = sqlx::query_as(
+    let tables: Vec<(String, bool, bool, bool, bool, bool)> = sqlx::query_as(
         "select c.oid::regclass::text, c.relrowsecurity, c.relforcerowsecurity, \
            case when $1 then pg_has_role($2, c.relowner, 'USAGE') else false end, \
+           case when $1 then has_table_privilege($2, c.oid, 'INSERT') \
+                  and not has_any_column_privilege($2, c.oid, 'SELECT') \
+                  and not has_any_column_privilege($2, c.oid, 'UPDATE') \
+                  and not has_table_privilege($2, c.oid, 'DELETE') \
+                  and not has_table_privilege($2, c.oid, 'TRUNCATE') \
+                else false end, \
            exists (select 1 from pg_policy p \
                    where p.polrelid = c.oid and not p.polpermissive and p.polcmd = '*' \
                      and pg_get_expr(p.polqual, p.polrelid) = '(tenant_id = arq.current_tenant_id())' \
@@ -316,12 +334,16 @@ pub async fn audit(
     .bind(runtime_role)
     .fetch_all(&mut *conn)
     .await?;
-    for (table, enabled, forced, owned, policy) in &tables {
+    for (table, enabled, forced, owned, insert_only, policy) in &tables {
         if *owned {
             v.push(Violation::OwnsTenantTable {
                 role: runtime_role.to_owned(),
                 table: table.clone(),
             });
+        }
+        if *insert_only {
+            report.insert_only_tables.push(table.clone());
+            continue;
         }
         if !enabled {
             v.push(Violation::RlsNotEnabled {
@@ -340,6 +362,7 @@ pub async fn audit(
         }
     }
     report.tenant_tables = tables.into_iter().map(|t| t.0).collect();
+    let v = &mut report.violations;
 
     // Only this constant is formatted into the catalog queries below; no input is.
     const TENANT_TABLES: &str = "select c.oid from pg_class c \
@@ -359,9 +382,11 @@ pub async fn audit(
     )))
     .fetch_all(&mut *conn)
     .await?;
+    let insert_only = |table: &String| report.insert_only_tables.contains(table);
     v.extend(
         indexes
             .into_iter()
+            .filter(|(table, _)| !insert_only(table))
             .map(|(table, index)| Violation::UniqueIndexWithoutTenant { table, index }),
     );
 
@@ -378,6 +403,7 @@ pub async fn audit(
     .await?;
     v.extend(
         fks.into_iter()
+            .filter(|(table, _)| !insert_only(table))
             .map(|(table, constraint)| Violation::ForeignKeyWithoutTenant { table, constraint }),
     );
 

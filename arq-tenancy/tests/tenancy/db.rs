@@ -223,6 +223,70 @@ async fn p44_audit_names_every_unsafe_table_index_view_and_function() {
     assert!(audit::ensure_safe(&mut conn).await.is_err());
 }
 
+// An insert-only table (arq-queue's outbox is one) needs no row level security: the runtime
+// role can never read or change its rows. Any read or write right, or owning it, ends that.
+#[tokio::test]
+async fn audit_accepts_a_tenant_table_the_runtime_role_may_only_insert_into() {
+    let db = TestDb::new(1).await;
+    db.owner
+        .execute(
+            r#"
+            CREATE TABLE events_out (seq bigserial PRIMARY KEY, tenant_id uuid, body jsonb NOT NULL);
+            REVOKE ALL ON events_out FROM arq_app, PUBLIC;
+            GRANT INSERT ON events_out TO arq_app;
+            GRANT USAGE ON SEQUENCE events_out_seq_seq TO arq_app;
+            "#,
+        )
+        .await
+        .unwrap();
+    let mut conn = db.app.acquire().await.unwrap();
+    let report = audit::audit(&mut conn, "arq_app").await.unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.insert_only_tables, ["events_out"]);
+    assert!(report.tenant_tables.iter().any(|t| t == "events_out"));
+    // Inserting works; reading back does not.
+    sqlx::query("INSERT INTO events_out (tenant_id, body) VALUES (gen_random_uuid(), '{}')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        sqlx::query("SELECT count(*) FROM events_out")
+            .execute(&mut *conn)
+            .await
+            .is_err()
+    );
+
+    for grant in [
+        "GRANT SELECT (body) ON events_out TO arq_app",
+        "GRANT UPDATE ON events_out TO arq_app",
+        "GRANT DELETE ON events_out TO PUBLIC",
+        "GRANT TRUNCATE ON events_out TO arq_app",
+    ] {
+        db.owner.execute(grant).await.unwrap();
+        let report = audit::audit(&mut conn, "arq_app").await.unwrap();
+        assert!(report.insert_only_tables.is_empty(), "{grant}: {report}");
+        let got: HashSet<String> = report.violations.iter().map(ToString::to_string).collect();
+        for v in [
+            Violation::RlsNotEnabled {
+                table: "events_out".into(),
+            },
+            Violation::UniqueIndexWithoutTenant {
+                table: "events_out".into(),
+                index: "events_out_pkey".into(),
+            },
+        ] {
+            assert!(got.contains(&v.to_string()), "{grant}: {report}");
+        }
+        db.owner
+            .execute(
+                "REVOKE ALL ON events_out FROM arq_app, PUBLIC; GRANT INSERT ON events_out TO arq_app",
+            )
+            .await
+            .unwrap();
+    }
+    assert!(audit::audit(&mut conn, "arq_app").await.unwrap().is_clean());
+}
+
 // 45
 #[tokio::test]
 async fn p45_no_tenant_set_sees_nothing_and_writes_nothing() {

@@ -14,11 +14,10 @@
 
 use anyhow::Context;
 use arq_tenancy::TenantPool;
-use arq_tenancy::audit::{self, AuditReport, UnsafeDatabase, Violation};
 use serde::Deserialize;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 
 /// `[database]`. The URLs themselves (with their passwords) come from the environment.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,10 +26,6 @@ pub struct DatabaseSettings {
     /// The size of the runtime (`arq_app`) connection pool.
     pub max_connections: u32,
 }
-
-/// The outbox table of step 5. It has a `tenant_id` column but no row-level security (the
-/// relay reads every tenant's rows); see [`tenant_pool`].
-pub const OUTBOX_TABLE: &str = "arq_outbox";
 
 /// The migrations, to run as the owner role: arq-tenancy's support migration first, then
 /// `migrations/0001_notes.sql`, arq-queue's outbox table and `migrations/0002_outbox.sql`.
@@ -73,62 +68,12 @@ pub async fn connect(url: &str, max_connections: u32, what: &str) -> anyhow::Res
         .with_context(|| format!("cannot connect to PostgreSQL with {what}"))
 }
 
-/// Wraps `pool` (connected as the runtime role) after the start-up audit, like
-/// [`TenantPool::checked`], with one documented exception: the outbox table.
-///
-/// The audit treats every table with a `tenant_id` column as tenant data, and `arq_outbox` has
-/// one without row-level security, because the relay must read every tenant's rows. What keeps
-/// tenants apart there is the grant: the runtime role may only `INSERT` (it can never read a
-/// row back), which this function checks. The outbox's violations are forgiven only while that
-/// holds; every other violation, and any read or write right on the outbox, refuses to start.
+/// Wraps `pool` (connected as the runtime role) after the start-up audit
+/// ([`TenantPool::checked`]): a database that would not isolate tenants is refused with every
+/// reason named. The outbox table passes because `arq_app` may only insert into it
+/// (`migrations/0002_outbox.sql`): the audit lists it as insert-only, and any read or write
+/// right on it would make the audit refuse.
 pub async fn tenant_pool(pool: PgPool) -> anyhow::Result<TenantPool> {
-    let mut conn = pool.acquire().await.context("cannot reach PostgreSQL")?;
-    let report = audit_allowing_outbox(&mut conn).await?;
-    drop(conn);
-    tracing::info!(
-        role = %report.role,
-        tables = report.tenant_tables.len(),
-        "tenancy audit passed (the outbox is insert-only for the runtime role)"
-    );
-    Ok(TenantPool::new(pool))
-}
-
-/// The audit of [`tenant_pool`] for the connection's role: the report without the outbox's
-/// violations when the role may only insert into the outbox, or the refusal naming the rest.
-pub async fn audit_allowing_outbox(conn: &mut PgConnection) -> anyhow::Result<AuditReport> {
-    let role: String = sqlx::query_scalar("SELECT current_user::text")
-        .fetch_one(&mut *conn)
-        .await?;
-    let mut report = audit::audit(conn, &role)
-        .await
-        .context("the tenancy audit could not read the database catalog")?;
-    let insert_only: bool = sqlx::query_scalar(
-        "SELECT to_regclass($2) IS NULL OR NOT ( \
-            has_table_privilege($1, $2, 'SELECT') OR has_table_privilege($1, $2, 'UPDATE') \
-         OR has_table_privilege($1, $2, 'DELETE') OR has_table_privilege($1, $2, 'TRUNCATE'))",
-    )
-    .bind(&role)
-    .bind(OUTBOX_TABLE)
-    .fetch_one(&mut *conn)
-    .await?;
-    if insert_only {
-        report.violations.retain(|v| !about_outbox(v));
-    }
-    if report.is_clean() {
-        Ok(report)
-    } else {
-        Err(UnsafeDatabase { report }.into())
-    }
-}
-
-/// Whether `v` is one of the findings the outbox table has by design (no row-level security,
-/// a key without `tenant_id`). Ownership of it by the runtime role is not among them.
-fn about_outbox(v: &Violation) -> bool {
-    match v {
-        Violation::RlsNotEnabled { table }
-        | Violation::RlsNotForced { table }
-        | Violation::MissingTenantPolicy { table }
-        | Violation::UniqueIndexWithoutTenant { table, .. } => table == OUTBOX_TABLE,
-        _ => false,
-    }
+    let tenants = TenantPool::checked(pool).await?;
+    Ok(tenants)
 }

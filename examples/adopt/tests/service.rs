@@ -520,7 +520,7 @@ async fn health_metrics_and_unknown_routes_answer_through_the_edge_stack() {
 }
 
 #[tokio::test]
-async fn the_audit_forgives_the_outbox_only_while_it_is_insert_only() {
+async fn the_audit_accepts_the_outbox_only_while_it_is_insert_only() {
     let api = Api::new().await;
     let mut conn = api
         .tenants
@@ -528,15 +528,14 @@ async fn the_audit_forgives_the_outbox_only_while_it_is_insert_only() {
         .acquire()
         .await
         .unwrap();
-    step4_tenancy::audit_allowing_outbox(&mut conn)
-        .await
-        .unwrap();
+    let report = arq_tenancy::audit::ensure_safe(&mut conn).await.unwrap();
+    assert_eq!(report.insert_only_tables, ["arq_outbox"]);
     // A runtime role that could read the outbox could read every tenant's events.
     sqlx::query("GRANT SELECT ON arq_outbox TO arq_app")
         .execute(&api.owner)
         .await
         .unwrap();
-    let refused = step4_tenancy::audit_allowing_outbox(&mut conn)
+    let refused = arq_tenancy::audit::ensure_safe(&mut conn)
         .await
         .unwrap_err()
         .to_string();

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [queues."email.send"]
-//! dead_letter = "email.send.dlq"
+//! dead_letter = "email.send.dead"
 //! prefetch = 10
 //! ```
 
@@ -22,7 +22,7 @@ pub(crate) const RULES: &[Rule] = &[
         "queues-dead-letter",
         Severity::Error,
         "Every declared queue names its dead-letter queue.",
-        "Set dead_letter = \"<name>.dlq\" in [queues.\"<name>\"].",
+        "Set dead_letter = \"<name>.dead\" (arq-queue's dead-letter queue) in [queues.\"<name>\"].",
     ),
     Rule::new(
         "queues-prefetch",

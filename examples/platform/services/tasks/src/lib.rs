@@ -1,10 +1,15 @@
 //! The tasks service, shared by `main` and the tests.
 //!
-//! [`app`] serves an example tenant-scoped resource, items, under `/tasks/items`:
-//! create, read, update, delete and a paginated list, behind bearer-token authentication
-//! ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` in the configuration, a CEL policy
-//! (`policies/items.yaml`) and a transaction per request scoped to the caller's tenant by
-//! PostgreSQL row-level security ([`arq_tenancy`]). `/openapi.json` describes the API.
+//! [`app`] serves tenant-scoped tasks under `/tasks/tasks` ([`tasks`]): create, read, update,
+//! delete and a filtered, keyset-paginated list, with scheduling (a task is not startable before
+//! its `scheduled_for`) and dependencies between tasks ([`dependencies`]: acyclic, and a task
+//! cannot start or finish before the tasks it depends on are done). Requests pass bearer-token
+//! authentication ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` (read:tasks,
+//! write:tasks, manage:tasks), a CEL policy (`policies/tasks.yaml`: only the creator, the
+//! assignee or a manager may update; only the creator or a manager may delete), and run in a
+//! transaction scoped to the caller's tenant by PostgreSQL row-level security ([`arq_tenancy`]).
+//! Each change writes its events to the transactional outbox ([`events`]) in that transaction;
+//! [`relay`] publishes them to RabbitMQ. `/openapi.json` describes the API.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,12 +28,15 @@ use arq_core::server::with_operational_routes;
 use arq_tenancy::{TenantLayer, TenantPool, TenantTxLayer};
 use axum::Router;
 use axum::http::header;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-pub mod items;
+pub mod dependencies;
+pub mod events;
+pub mod relay;
+pub mod tasks;
 
 /// The service's name.
 pub const NAME: &str = "tasks";
@@ -58,6 +66,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[rbac]`: roles and their permissions.
     pub rbac: RbacConfig,
+    /// `[queue]`: where events are published.
+    pub queue: relay::QueueSettings,
 }
 
 /// `[database]`. The URL itself (with its password) comes from `DATABASE_URL`.
@@ -115,28 +125,49 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
         database: layers.section("database").context("[database]")?,
         auth: layers.section("auth").context("[auth]")?,
         rbac: layers.section("rbac").context("[rbac]")?,
+        queue: layers.section("queue").context("[queue]")?,
     })
 }
 
 /// The migrations, to run as the owner role: arq-tenancy's support migration
-/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then `migrations/*.sql`.
+/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then arq-queue's outbox table,
+/// then `migrations/*.sql` (the tasks, and the outbox's tenant isolation).
 pub fn migrator() -> Migrator {
     let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
-    migrations.push(Migration::new(
-        20_260_101_000_001,
-        "items".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_items.sql").into_sql_str(),
-        false,
-    ));
+    let ours = [
+        (
+            20_260_101_000_001,
+            "tasks",
+            include_str!("../migrations/0001_tasks.sql"),
+        ),
+        (
+            20_260_101_000_002,
+            "arq_outbox",
+            arq_queue::outbox::MIGRATION,
+        ),
+        (
+            20_260_101_000_003,
+            "outbox isolation",
+            include_str!("../migrations/0002_outbox.sql"),
+        ),
+    ];
+    for (version, name, sql) in ours {
+        migrations.push(Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        ));
+    }
     Migrator::with_migrations(migrations)
 }
 
 /// The CEL policies, compiled into the binary so that a deployed service cannot run without them.
 pub fn policies() -> anyhow::Result<Arc<PolicySet>> {
     let set = PolicySet::from_yaml(
-        "policies/items.yaml",
-        include_str!("../policies/items.yaml"),
+        "policies/tasks.yaml",
+        include_str!("../policies/tasks.yaml"),
     )?;
     Ok(Arc::new(set))
 }
@@ -161,29 +192,47 @@ pub fn verifier(settings: &Settings) -> anyhow::Result<Verifier> {
 pub struct AppState {
     /// The CEL policies.
     pub policies: Arc<PolicySet>,
+    /// The exchange events are published to (`[queue] exchange`).
+    pub exchange: Arc<str>,
 }
 
-/// The service's routes: the items API behind authentication, tenant resolution and a tenant
+/// The service's routes: the tasks API behind authentication, tenant resolution and a tenant
 /// transaction per request (committed below status 400, rolled back otherwise), and the public
-/// `/openapi.json`.
-pub fn app(verifier: Verifier, tenants: TenantPool, policies: Arc<PolicySet>) -> Router {
-    let items = Router::new()
+/// `/openapi.json`. Events go to the outbox for `exchange`.
+pub fn app(
+    verifier: Verifier,
+    tenants: TenantPool,
+    policies: Arc<PolicySet>,
+    exchange: &str,
+) -> Router {
+    let api = Router::new()
         .route(
-            &format!("{ROUTE}/items"),
-            post(items::create).get(items::list),
+            &format!("{ROUTE}/tasks"),
+            post(tasks::create).get(tasks::list),
         )
         .route(
-            &format!("{ROUTE}/items/{{id}}"),
-            get(items::read).patch(items::update).delete(items::delete),
+            &format!("{ROUTE}/tasks/{{id}}"),
+            get(tasks::read).patch(tasks::update).delete(tasks::delete),
         )
-        .with_state(AppState { policies })
+        .route(
+            &format!("{ROUTE}/tasks/{{id}}/dependencies"),
+            post(dependencies::create),
+        )
+        .route(
+            &format!("{ROUTE}/tasks/{{id}}/dependencies/{{depends_on}}"),
+            delete(dependencies::delete),
+        )
+        .with_state(AppState {
+            policies,
+            exchange: exchange.into(),
+        })
         // The last layer added runs first: authenticate, resolve the tenant, then begin.
         .layer(TenantTxLayer::new(tenants))
         .layer(TenantLayer::new())
         .layer(AuthLayer::new(verifier));
     Router::new()
         .route("/openapi.json", get(openapi))
-        .merge(items)
+        .merge(api)
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {
