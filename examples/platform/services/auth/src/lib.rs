@@ -1,34 +1,44 @@
-//! The auth service, shared by `main` and the tests.
+//! The auth service: the platform's token issuer (arq-auth's [`TokenIssuer`]), shared by `main`
+//! and the tests.
 //!
-//! [`app`] serves an example tenant-scoped resource, items, under `/auth/items`:
-//! create, read, update, delete and a paginated list, behind bearer-token authentication
-//! ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` in the configuration, a CEL policy
-//! (`policies/items.yaml`) and a transaction per request scoped to the caller's tenant by
-//! PostgreSQL row-level security ([`arq_tenancy`]). `/openapi.json` describes the API.
+//! [`app`] serves, under [`ROUTE`] (`/auth`, which the gateway publishes as `/api/v1/auth`):
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /auth/oauth/token` | public | grants `password`, `refresh_token` (rotated on every use; reuse revokes the family), `client_credentials`, and the MFA grant |
+//! | `POST /auth/oauth/mfa/challenge`, `POST /auth/oauth/revoke` | public | email/SMS codes (no sender is configured here), logout |
+//! | `GET /auth/.well-known/jwks.json`, `GET /auth/.well-known/openid-configuration` | public | the verification keys and the discovery document |
+//! | `POST /auth/mfa/totp`, `POST /auth/mfa/totp/confirm` | signed in | TOTP enrolment of the caller ([`mfa`]) |
+//! | `POST /auth/mfa/recovery-codes` | signed in with MFA | ten fresh single-use recovery codes |
+//!
+//! Tokens are RS256, signed with the key in `[issuer] signing_key_file` (a PEM file that never
+//! lives in the repository), for the platform-wide `[auth] issuer` and `audience` that the gateway
+//! and every service verify. Users and service accounts are created with the `auth create-user`
+//! and `auth create-client` subcommands ([`admin`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arq_auth::policy::PolicySet;
-use arq_auth::{
-    AuthLayer, JwksUrl, KeyRing, OidcDiscovery, Rbac, RbacConfig, Verifier, VerifierConfig,
-};
+use arq_auth::VerifierConfig;
+use arq_auth::issuer::{IssuerConfig, TokenIssuer};
+use arq_auth::{AuthLayer, KeyRing, Rbac, RbacConfig, SigningKey, SigningKeyRing, Verifier};
 use arq_core::config::{ArqConfig, ConfigLoader, Layers};
 use arq_core::edge::{EdgeService, EdgeStack};
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::with_operational_routes;
-use arq_tenancy::{TenantLayer, TenantPool, TenantTxLayer};
 use axum::Router;
 use axum::http::header;
 use axum::routing::{get, post};
 use serde::Deserialize;
+use sqlx::PgPool;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-pub mod items;
+pub mod admin;
+pub mod mfa;
 
 /// The service's name.
 pub const NAME: &str = "auth";
@@ -54,9 +64,11 @@ pub struct Settings {
     pub arq: ArqConfig,
     /// `[database]`.
     pub database: DatabaseSettings,
-    /// `[auth]`.
+    /// `[auth]`: the tokens this service issues (and verifies on its own signed-in routes).
     pub auth: AuthSettings,
-    /// `[rbac]`: roles and their permissions.
+    /// `[issuer]`: where the signing key is.
+    pub issuer: IssuerSettings,
+    /// `[rbac]`: the platform's roles, which `create-user --role` must name.
     pub rbac: RbacConfig,
 }
 
@@ -68,25 +80,31 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
 }
 
-/// `[auth]`: which access tokens the service accepts.
+/// `[auth]`: the platform-wide issuer and audience, the same values the gateway and every
+/// service verify.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Accepted signature algorithms (asymmetric only).
+    /// Accepted signature algorithms (asymmetric only). The issuer signs with RS256.
     pub algorithms: Vec<String>,
-    /// The token issuer (`iss`); its OIDC discovery document names the keys.
+    /// The `iss` of issued tokens; `{issuer}/.well-known/openid-configuration` must reach this
+    /// service (through the gateway: `http://GATEWAY/api/v1/auth`).
     pub issuer: String,
-    /// This service's audience (`aud`).
+    /// The `aud` of issued tokens.
     pub audience: String,
-    /// Accepted clock skew.
+    /// Accepted clock skew when this service verifies its own tokens.
     pub leeway_secs: u64,
-    /// The JWKS URL, when the issuer has no discovery document.
-    #[serde(default)]
-    pub jwks_url: Option<String>,
+    /// Access-token lifetime (at most 3600, the platform's policy that `arq check` enforces).
+    #[serde(default = "default_access_ttl")]
+    pub access_token_ttl_secs: u64,
+}
+
+fn default_access_ttl() -> u64 {
+    3600
 }
 
 impl AuthSettings {
-    /// The verifier configuration these settings describe.
+    /// The verifier configuration for this service's own signed-in routes.
     pub fn verifier_config(&self) -> anyhow::Result<VerifierConfig> {
         let algorithms = self
             .algorithms
@@ -100,6 +118,24 @@ impl AuthSettings {
             .with_algorithms(algorithms)
             .with_leeway_secs(self.leeway_secs))
     }
+
+    /// The issuer configuration: `iss`, `aud` and the access-token lifetime.
+    pub fn issuer_config(&self) -> IssuerConfig {
+        let mut config = IssuerConfig::new(&self.issuer, &self.audience);
+        config.access_ttl = Duration::from_secs(self.access_token_ttl_secs);
+        config
+    }
+}
+
+/// `[issuer]`: the signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// Path of the RSA private key (PKCS#8 or PKCS#1 PEM). Keep it out of the repository: mount
+    /// it from a secret and point `ARQ__ISSUER__SIGNING_KEY_FILE` at it.
+    pub signing_key_file: PathBuf,
+    /// The key id (`kid`) tokens name and the JWKS publishes; change it when the key changes.
+    pub key_id: String,
 }
 
 /// Loads and validates the configuration (files, then `ARQ__*` variables), reporting every
@@ -110,80 +146,115 @@ pub fn load_settings() -> anyhow::Result<Settings> {
 }
 
 fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
-    Ok(Settings {
+    let settings = Settings {
         arq,
         database: layers.section("database").context("[database]")?,
         auth: layers.section("auth").context("[auth]")?,
+        issuer: layers.section("issuer").context("[issuer]")?,
         rbac: layers.section("rbac").context("[rbac]")?,
-    })
-}
-
-/// The migrations, to run as the owner role: arq-tenancy's support migration
-/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then `migrations/*.sql`.
-pub fn migrator() -> Migrator {
-    let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
-    migrations.push(Migration::new(
-        20_260_101_000_001,
-        "items".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_items.sql").into_sql_str(),
-        false,
-    ));
-    Migrator::with_migrations(migrations)
-}
-
-/// The CEL policies, compiled into the binary so that a deployed service cannot run without them.
-pub fn policies() -> anyhow::Result<Arc<PolicySet>> {
-    let set = PolicySet::from_yaml(
-        "policies/items.yaml",
-        include_str!("../policies/items.yaml"),
-    )?;
-    Ok(Arc::new(set))
-}
-
-/// The token verifier for `[auth]`, with keys from the issuer and roles from `[rbac]`.
-pub fn verifier(settings: &Settings) -> anyhow::Result<Verifier> {
-    let refresh = Duration::from_secs(30);
-    let keys = match &settings.auth.jwks_url {
-        Some(url) => KeyRing::new(JwksUrl::new(url)?, refresh),
-        None => KeyRing::new(OidcDiscovery::new(&settings.auth.issuer)?, refresh),
     };
-    let rbac = Rbac::from_config(&settings.rbac)?;
+    if settings.auth.access_token_ttl_secs == 0 || settings.auth.access_token_ttl_secs > 3600 {
+        anyhow::bail!(
+            "[auth] access_token_ttl_secs = {}: must be between 1 and 3600 seconds",
+            settings.auth.access_token_ttl_secs
+        );
+    }
+    Ok(settings)
+}
+
+/// The migrations, to run as the owner role after arq-auth's own ([`arq_auth::migrate`], which
+/// [`migrate`] runs first): `migrations/*.sql` grants the runtime role what the issuer needs.
+pub fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        20_260_101_000_001,
+        "runtime grants".into(),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_runtime_grants.sql").into_sql_str(),
+        false,
+    )])
+}
+
+/// Runs arq-auth's migrations (users, clients, refresh tokens, MFA; recorded in
+/// `_arq_auth_migrations`), then [`migrator`]'s, connected as the owner role.
+pub async fn migrate(owner: &PgPool) -> anyhow::Result<()> {
+    arq_auth::migrate(owner)
+        .await
+        .context("arq-auth's migrations")?;
+    migrator()
+        .run(owner)
+        .await
+        .context("the auth service's migrations")?;
+    Ok(())
+}
+
+/// Reads the signing key named by `[issuer]`, with an error that says how to provide one.
+pub fn signing_keys(settings: &IssuerSettings) -> anyhow::Result<SigningKeyRing> {
+    let path = &settings.signing_key_file;
+    let pem = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the signing key {} ([issuer] signing_key_file, or \
+             ARQ__ISSUER__SIGNING_KEY_FILE); create one with \
+             `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out FILE` and keep it \
+             out of the repository",
+            path.display()
+        )
+    })?;
+    let key = SigningKey::from_rsa_pem(&settings.key_id, &pem)
+        .with_context(|| format!("the signing key {}", path.display()))?;
+    Ok(SigningKeyRing::new(key))
+}
+
+/// The platform's roles from `[rbac]`.
+pub fn rbac(settings: &Settings) -> anyhow::Result<Arc<Rbac>> {
+    Ok(Arc::new(
+        Rbac::from_config(&settings.rbac).context("[rbac]")?,
+    ))
+}
+
+/// The issuer over `pool` (the runtime role), signing with `keys`.
+pub fn issuer(
+    settings: &Settings,
+    keys: SigningKeyRing,
+    pool: PgPool,
+) -> anyhow::Result<TokenIssuer> {
+    Ok(TokenIssuer::new(settings.auth.issuer_config(), keys, pool)?.with_rbac(rbac(settings)?))
+}
+
+/// The verifier for this service's own signed-in routes: the issuer's own key ring is the key
+/// source, so no request goes out to fetch the JWKS.
+pub fn verifier(settings: &Settings, keys: &SigningKeyRing) -> anyhow::Result<Verifier> {
+    let ring = KeyRing::new(keys.clone(), Duration::from_secs(30));
     Ok(Verifier::with_rbac(
         settings.auth.verifier_config()?,
-        Arc::new(keys),
-        Arc::new(rbac),
+        Arc::new(ring),
+        rbac(settings)?,
     )?)
 }
 
-/// What the handlers share.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The CEL policies.
-    pub policies: Arc<PolicySet>,
-}
-
-/// The service's routes: the items API behind authentication, tenant resolution and a tenant
-/// transaction per request (committed below status 400, rolled back otherwise), and the public
+/// The service's routes: the issuer's (public), the MFA enrolment routes (signed in), and
 /// `/openapi.json`.
-pub fn app(verifier: Verifier, tenants: TenantPool, policies: Arc<PolicySet>) -> Router {
-    let items = Router::new()
+pub fn app(issuer: TokenIssuer, verifier: Verifier) -> Router {
+    // Each signed-in user manages their own second factors: no permission is needed beyond a
+    // verified token (recovery codes also need a token from an MFA login, checked in the handler).
+    let enrolment = Router::new()
+        // arq-check-ignore: auth-route-permission reason: self-service, the caller's own TOTP
+        .route(&format!("{ROUTE}/mfa/totp"), post(mfa::enroll_totp))
+        // arq-check-ignore: auth-route-permission reason: self-service, the caller's own TOTP
         .route(
-            &format!("{ROUTE}/items"),
-            post(items::create).get(items::list),
+            &format!("{ROUTE}/mfa/totp/confirm"),
+            post(mfa::confirm_totp),
         )
+        // arq-check-ignore: auth-route-permission reason: self-service, needs an MFA login
         .route(
-            &format!("{ROUTE}/items/{{id}}"),
-            get(items::read).patch(items::update).delete(items::delete),
+            &format!("{ROUTE}/mfa/recovery-codes"),
+            post(mfa::recovery_codes),
         )
-        .with_state(AppState { policies })
-        // The last layer added runs first: authenticate, resolve the tenant, then begin.
-        .layer(TenantTxLayer::new(tenants))
-        .layer(TenantLayer::new())
+        .with_state(issuer.clone())
         .layer(AuthLayer::new(verifier));
     Router::new()
         .route("/openapi.json", get(openapi))
-        .merge(items)
+        .nest(ROUTE, issuer.router())
+        .merge(enrolment)
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {
