@@ -1,16 +1,23 @@
 //! The notifications worker, shared by `main` and the tests.
 //!
-//! It consumes `email.send`, `notification.push` from RabbitMQ with arq-queue's [`Worker`]:
-//! each queue is bound to the platform's topic exchange (`[queue] exchange`), failed attempts
-//! wait in `<queue>.wait` and are retried, and messages that fail every attempt, or fail
-//! permanently, go to `<queue>.dead` with their failure history. Over HTTP it serves only
-//! `/health/live`, `/health/ready` (which checks the broker) and `/metrics`.
+//! It consumes two queues from RabbitMQ with arq-queue's [`Worker`]:
 //!
-//! To consume another queue: add it to [`QUEUES`], give it a message type and a handler in
-//! [`handlers`], and register the handler in [`worker`].
+//! - `email.send` ([`email`]): validates the message and delivers it through an
+//!   [`EmailTransport`] — the mailbox directory `[email] mailbox_dir`, one `.eml` file per
+//!   message, written once per message id;
+//! - `notification.push` ([`webhooks`]): a signed `POST` to an allowed host, through a circuit
+//!   breaker per endpoint.
+//!
+//! Each queue is bound to the platform's topic exchange (`[queue] exchange`); failed attempts
+//! wait in `<queue>.wait` and are retried after the queue's `retry_delay`; messages that fail
+//! every attempt, or fail permanently (an invalid address, a host not allowed, a 4xx answer),
+//! go to `<queue>.dead` with their failure history, where `notifications dead-letters QUEUE`
+//! ([`ops`]) lists them. Over HTTP it serves only `/health/live`, `/health/ready` (which checks
+//! the broker) and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use arq_core::config::{ArqConfig, ConfigLoader, Layers, Secret};
@@ -24,17 +31,18 @@ use arq_queue::{
 use axum::Router;
 use serde::{Deserialize, Deserializer};
 
-pub mod handlers;
+pub mod email;
+pub mod ops;
+pub mod webhooks;
+
+pub use email::{EmailSettings, EmailTransport, MailboxTransport};
+pub use webhooks::{WebhookSettings, Webhooks};
 
 /// The worker's name.
 pub const NAME: &str = "notifications";
 
-/// The queues this worker consumes, each with a handler in [`handlers`].
-pub const QUEUES: &[&str] = &[
-    // One line per queue, each with a handler registered in `worker`.
-    "email.send",
-    "notification.push",
-];
+/// The queues this worker consumes, each with a handler registered in [`worker`].
+pub const QUEUES: &[&str] = &["email.send", "notification.push"];
 
 /// Where configuration is read from: `ARQ_CONFIG_DIR`, else this crate's `config/`.
 pub fn config_dir() -> PathBuf {
@@ -50,6 +58,10 @@ pub struct Settings {
     pub arq: ArqConfig,
     /// `[queue]`.
     pub queue: QueueSettings,
+    /// `[email]`.
+    pub email: EmailSettings,
+    /// `[webhooks]`.
+    pub webhooks: WebhookSettings,
 }
 
 /// `[queue]`: the broker, the exchange and each queue's settings.
@@ -92,6 +104,8 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
     let settings = Settings {
         arq,
         queue: layers.section("queue").context("[queue]")?,
+        email: layers.section("email").context("[email]")?,
+        webhooks: layers.section("webhooks").context("[webhooks]")?,
     };
     // Fail at start-up, not at the first message, when a queue's settings are wrong.
     topology(&settings.queue)?;
@@ -151,13 +165,60 @@ pub async fn connect(
     Ok(queue.with_metrics(QueueMetrics::register(registry)?))
 }
 
+/// What the handlers deliver through; built once, shared by every handler.
+#[derive(Clone)]
+pub struct Handlers {
+    /// Delivers `email.send`.
+    pub transport: Arc<dyn EmailTransport>,
+    /// `[email]`.
+    pub email: Arc<EmailSettings>,
+    /// Delivers `notification.push`.
+    pub webhooks: Webhooks,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handlers")
+            .field("email", &self.email)
+            .field("webhooks", &self.webhooks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handlers {
+    /// The shipped transports from `settings`: the mailbox directory (created, and proven
+    /// writable) and the webhook client. Fails, saying what to set, without a webhook signing
+    /// secret; metrics go into `registry`.
+    pub fn from_settings(settings: &Settings, registry: &MetricsRegistry) -> anyhow::Result<Self> {
+        let webhooks = Webhooks::new(&settings.webhooks, registry)?;
+        let transport = MailboxTransport::open(&settings.email.mailbox_dir)?;
+        Ok(Self {
+            transport: Arc::new(transport),
+            email: Arc::new(settings.email.clone()),
+            webhooks,
+        })
+    }
+}
+
 /// The worker: every queue's handler registered. In-flight handlers get `[server]
 /// shutdown_timeout` to finish after shutdown is signalled.
-pub fn worker<B: Backend>(queue: Queue<B>, settings: &Settings) -> Result<Worker<B>, QueueError> {
+pub fn worker<B: Backend>(
+    queue: Queue<B>,
+    settings: &Settings,
+    handlers: &Handlers,
+) -> Result<Worker<B>, QueueError> {
     let name = |queue: &str| settings.queue.queue_name(queue);
+    let mail = handlers.clone();
+    let push = handlers.webhooks.clone();
     Ok(Worker::new(queue)
-        .handle(&name("email.send"), handlers::email_send)?
-        .handle(&name("notification.push"), handlers::notification_push)?
+        .handle(&name("email.send"), move |job| {
+            let h = mail.clone();
+            async move { email::handle(h.transport.as_ref(), &h.email, job).await }
+        })?
+        .handle(&name("notification.push"), move |job| {
+            let w = push.clone();
+            async move { webhooks::handle(&w, job).await }
+        })?
         .shutdown_deadline(settings.arq.server.shutdown_timeout))
 }
 
