@@ -1,6 +1,6 @@
 //! The arq gateway against nginx as a reverse proxy, in front of the same upstream, in the same
 //! run: throughput and p99 with wrk at 64 and 256 connections, and the memory 10 000 idle
-//! client connections cost each proxy.
+//! client connections cost each proxy (measured first, on the fresh proxies).
 //!
 //! Run: `cargo bench -p arq-core --features gateway --bench gateway` (needs `wrk` and `nginx`:
 //! `apt-get install -y wrk nginx-light`). `ARQ_BENCH_SECS` sets each run's duration (default
@@ -47,6 +47,18 @@ fn main() {
     let gateway = start_gateway(&gateway_rt, upstream, false, |edge| edge);
     let nginx = start_nginx(upstream, THREADS, 256);
     let targets = [("nginx", nginx.addr), ("arq gateway", gateway)];
+    // Idle connections first, on fresh proxies: after the load runs, memory the allocators kept
+    // from 256 busy connections would absorb the idle ones and hide their cost.
+    let idle_rows = (idle > 0).then(|| {
+        let master = nginx.child.id();
+        let (nb, na) = idle_cost(nginx.addr, &|| nginx_pids(master), idle);
+        let me = std::process::id();
+        let (gb, ga) = idle_cost(gateway, &|| vec![me], idle);
+        [
+            ("nginx (master + workers)", nb, na),
+            ("arq gateway (bench process)", gb, ga),
+        ]
+    });
     for (_, a) in targets {
         run(a, 64, 1);
     }
@@ -84,18 +96,11 @@ fn main() {
         );
     }
 
-    if idle > 0 {
-        let master = nginx.child.id();
-        let (nb, na) = idle_cost(nginx.addr, &|| nginx_pids(master), idle);
-        let me = std::process::id();
-        let (gb, ga) = idle_cost(gateway, &|| vec![me], idle);
+    if let Some(idle_rows) = idle_rows {
         println!();
         println!("| proxy | RSS before | RSS with {idle} idle connections | per connection |");
         println!("|---|---:|---:|---:|");
-        for (name, b, a) in [
-            ("nginx (master + workers)", nb, na),
-            ("arq gateway (bench process)", gb, ga),
-        ] {
+        for (name, b, a) in idle_rows {
             println!(
                 "| {name} | {:.1} MiB | {:.1} MiB | {:.2} KiB |",
                 b as f64 / 1024.0,
