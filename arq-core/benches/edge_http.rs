@@ -13,8 +13,10 @@
     reason = "benchmark driver"
 )]
 
+#[path = "support/loadgen.rs"]
+mod loadgen;
+
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use arq_core::config::{ArqConfig, ConfigLoader};
@@ -27,6 +29,8 @@ use axum::Router;
 use axum::routing::get;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+use loadgen::{Run, env_u64, mean, wrk};
 
 fn router() -> Router {
     Router::new().route("/hello", get(|| async { "hello, world\n" }))
@@ -78,63 +82,19 @@ async fn start_arq(with_limit: bool) -> SocketAddr {
     addr
 }
 
-struct Run {
-    rps: f64,
-    p99_ms: f64,
-}
-
-fn wrk(addr: SocketAddr, secs: u64) -> Run {
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            "-c64",
-            &format!("-d{secs}s"),
-            "--latency",
-            &format!("http://{addr}/hello"),
-        ])
-        .output()
-        .expect("wrk is needed: apt-get install -y wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_latency(v.trim()))
-        .unwrap_or(f64::NAN);
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
-    if let Some(e) = errors {
-        println!("  wrk reported: {}", e.trim());
+/// wrk at 64 connections against `/hello`, printing its error lines (if any).
+fn run(addr: SocketAddr, secs: u64) -> Run {
+    let r = wrk(addr, "/hello", 64, secs, &[]);
+    if let Some(e) = r.errors.first() {
+        println!("  wrk reported: {e}");
     }
-    Run { rps, p99_ms: p99 }
-}
-
-fn parse_latency(v: &str) -> f64 {
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => f64::NAN,
-    }
+    r
 }
 
 fn main() {
     // Criterion-style filters are passed by `cargo bench`; this driver takes none.
-    let secs: u64 = std::env::var("ARQ_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let rounds: usize = std::env::var("ARQ_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let secs = env_u64("ARQ_BENCH_SECS", 10);
+    let rounds = env_u64("ARQ_BENCH_ROUNDS", 2);
     // Production-like telemetry: JSON logs at info (spans are created and filled), to a sink.
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new(
@@ -155,7 +115,7 @@ fn main() {
     });
     // Warm up each (connections, allocator, route handles).
     for a in [bare, arq, arq_limit] {
-        wrk(a, 1);
+        run(a, 1);
     }
     let names = [
         "bare axum",
@@ -165,7 +125,7 @@ fn main() {
     let mut results: Vec<Vec<Run>> = vec![Vec::new(), Vec::new(), Vec::new()];
     for round in 0..rounds {
         for (i, a) in [bare, arq, arq_limit].into_iter().enumerate() {
-            let r = wrk(a, secs);
+            let r = run(a, secs);
             println!(
                 "round {round}: {:<36} {:>10.0} req/s  p99 {:>6.2} ms",
                 names[i], r.rps, r.p99_ms
@@ -173,8 +133,6 @@ fn main() {
             results[i].push(r);
         }
     }
-    let mean =
-        |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
     let base = mean(&results[0], |r| r.rps);
     println!();
     println!("| configuration | req/s (mean of {rounds}) | p99 ms (mean) | vs bare axum |");
