@@ -25,13 +25,14 @@ use arq_core::edge::{EdgeService, EdgeStack};
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::with_operational_routes;
-use arq_tenancy::{TenantLayer, TenantPool, TenantTxLayer};
+use arq_tenancy::{DbConfig, TenantLayer, TenantPool, TenantTxLayer};
 use axum::Router;
 use axum::http::header;
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
-use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, SqlSafeStr};
 
 pub mod dependencies;
 pub mod events;
@@ -76,6 +77,28 @@ pub struct Settings {
 pub struct DatabaseSettings {
     /// The size of the connection pool.
     pub max_connections: u32,
+}
+
+/// The runtime pool (`url` connects as the runtime role), through arq-tenancy's [`DbConfig`]:
+/// its acquire and statement timeouts, `db_query_duration_seconds` by statement, the slow-query
+/// log and the pool gauges (`docs/data.md`). Before the pool is built, the start-up audit runs
+/// on one connection as the same role, as [`TenantPool::checked`] does: the service refuses to
+/// start on a database that would not isolate tenants.
+pub async fn connect_tenants(
+    url: String,
+    database: &DatabaseSettings,
+) -> anyhow::Result<TenantPool> {
+    let config = DbConfig::new(url).max_connections(database.max_connections);
+    let options = config.connect_options(&config.url, "primary")?;
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    arq_tenancy::audit::ensure_safe(&mut conn).await?;
+    conn.close().await.context("closing the audit connection")?;
+    config
+        .connect()
+        .await
+        .context("cannot connect to PostgreSQL")
 }
 
 /// `[auth]`: which access tokens the service accepts.

@@ -13,7 +13,6 @@ use anyhow::Context;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::{Server, shutdown_signal};
-use arq_tenancy::TenantPool;
 use sqlx::postgres::PgPoolOptions;
 
 use tasks as svc;
@@ -55,13 +54,8 @@ async fn run() -> anyhow::Result<()> {
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
-        .connect(&env("DATABASE_URL")?)
-        .await
-        .context("cannot connect to PostgreSQL")?;
     // Refuses to start if the runtime role could read another tenant's rows.
-    let tenants = TenantPool::checked(pool).await?;
+    let tenants = svc::connect_tenants(env("DATABASE_URL")?, &settings.database).await?;
     let router = svc::app(
         svc::verifier(&settings)?,
         tenants,

@@ -74,13 +74,14 @@ impl TestDb {
             .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)");
         svc::migrator().run(&owner).await.unwrap();
         owner.close().await;
-        let app = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(db.role("arq_app"))
-            .await
-            .expect("connect as arq_app");
-        // The same start-up audit as `main`: the database must isolate tenants.
-        let tenants = TenantPool::checked(app).await.unwrap();
+        // The pool `main` builds, after the same start-up audit: the database must isolate
+        // tenants.
+        let tenants = svc::connect_tenants(
+            db.url("arq_app"),
+            &svc::DatabaseSettings { max_connections: 8 },
+        )
+        .await
+        .expect("connect as arq_app");
         (db, tenants)
     }
 
