@@ -443,10 +443,11 @@ pub(crate) fn authorize(
         Key::String("assignee".into()),
         Value::string(task.assignee.as_deref().unwrap_or("")),
     );
+    // The ids name the principal and the task in the `arq::audit` decision log.
     let decision = state.policies.decide(
-        &MapAttributes::new(principal),
+        &MapAttributes::new(principal).with_id(who.subject()),
         action,
-        &MapAttributes::new(resource),
+        &MapAttributes::new(resource).with_id(task.id.to_string()),
         &NoAttributes,
     );
     if decision.allowed() {
