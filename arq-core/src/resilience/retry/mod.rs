@@ -258,6 +258,9 @@ impl Retry {
             RetryDecision::Retry => s.policy.backoff.delay(attempt - 1),
             RetryDecision::After(d) => d.min(s.policy.max_retry_after),
         };
+        // tokio's timer fires on whole milliseconds, rounding a sleep up: compare (and sleep)
+        // the rounded delay, or a jittered 2.9996 s sleep before a 3 s deadline would wake at it.
+        let delay = round_up_to_millis(delay);
         if let Some(deadline) = deadline
             && Instant::now() + delay >= deadline.instant()
         {
@@ -353,6 +356,16 @@ impl Retry {
                 }
             }
         }
+    }
+}
+
+/// `d` rounded up to a whole number of milliseconds (the resolution of tokio's timer).
+fn round_up_to_millis(d: Duration) -> Duration {
+    let sub_ms = d.subsec_nanos() % 1_000_000;
+    if sub_ms == 0 {
+        d
+    } else {
+        d.saturating_add(Duration::from_nanos(u64::from(1_000_000 - sub_ms)))
     }
 }
 
