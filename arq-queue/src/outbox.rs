@@ -278,6 +278,36 @@ impl<B: Backend> Relay<B> {
     }
 }
 
+/// Puts rows that could not be published back in line for the relay: `only` these message ids,
+/// or every failed row with `None`. Returns how many were re-queued.
+///
+/// An unroutable event is usually a deployment-order problem (the consuming service has not
+/// declared its queue yet) rather than a bad event: once the cause is fixed, this publishes
+/// what was held back, in its original order. A row that fails again is marked failed again.
+pub async fn retry_failed(
+    conn: &mut PgConnection,
+    only: Option<&[MessageId]>,
+) -> Result<u64, QueueError> {
+    let done = match only {
+        None => sqlx::query(
+            "update arq_outbox set failed_at = null, last_error = null where failed_at is not null",
+        )
+        .execute(conn)
+        .await,
+        Some(ids) => {
+            let ids: Vec<Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+            sqlx::query(
+                "update arq_outbox set failed_at = null, last_error = null \
+                 where failed_at is not null and id = any($1)",
+            )
+            .bind(ids)
+            .execute(conn)
+            .await
+        }
+    };
+    Ok(done.map_err(|e| db(&e))?.rows_affected())
+}
+
 /// The outbox rows that could not be published, with their errors, oldest first.
 pub async fn failed_rows(
     conn: &mut PgConnection,

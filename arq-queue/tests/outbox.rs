@@ -337,7 +337,7 @@ async fn poison_row_is_marked_and_skipped() {
     let bad = outbox::enqueue_message(&mut tx, "no-such-exchange", Task { n: 2, act: Act::Ok })
         .await
         .unwrap();
-    outbox::enqueue(
+    let unroutable = outbox::enqueue(
         &mut tx,
         "app",
         "nobody.listens",
@@ -359,6 +359,32 @@ async fn poison_row_is_marked_and_skipped() {
     assert!(failed[0].1.contains("no-such-exchange"), "{failed:?}");
     assert!(failed[1].1.contains("nobody.listens"), "{failed:?}");
     assert_eq!(q.list().await.unwrap()[0].stats.ready, 2);
+
+    // The consumer of `nobody.*` is deployed late: its queue exists now, and the held-back row
+    // is re-queued and published; the row for the unknown exchange stays failed.
+    let late =
+        Topology::new(["app"]).queue_config(QueueConfig::new("late").bind("app", "nobody.#"));
+    let _late = Queue::new(mem.clone(), late).await.unwrap();
+    assert_eq!(
+        outbox::retry_failed(&mut c, Some(&[unroutable]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        outbox::retry_failed(&mut c, Some(&[unroutable]))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(relay.run_once().await.unwrap(), 1);
+    let failed = outbox::failed_rows(&mut c, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, bad);
+    // Retrying everything re-queues it, and the relay marks it failed again.
+    assert_eq!(outbox::retry_failed(&mut c, None).await.unwrap(), 1);
+    assert_eq!(relay.run_once().await.unwrap(), 0);
+    assert_eq!(outbox::failed_rows(&mut c, 10).await.unwrap().len(), 1);
     drop(c);
     db.drop_db().await;
 }
