@@ -23,44 +23,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use arq_auth::AuthLayer;
-use arq_core::config::{ArqConfig, ConfigLoader};
 use arq_core::edge::EdgeStack;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::Server;
 use axum::Router;
-use axum::routing::get;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use loadgen::{Run, env_u64, mean, wrk};
-
-fn router() -> Router {
-    Router::new().route("/hello", get(|| async { "hello, world\n" }))
-}
-
-fn config() -> ArqConfig {
-    ArqConfig::load_from(
-        &ConfigLoader::new("/nonexistent")
-            .environment("bench")
-            .vars([
-                ("ARQ__SERVER__ADDR", "127.0.0.1:0"),
-                (
-                    "ARQ__CORS__ALLOWED_ORIGINS",
-                    "https://app.arq.dev,https://*.arq.dev",
-                ),
-                ("ARQ__RATE_LIMIT__PER_MINUTE", "1000000000"),
-                ("ARQ__RATE_LIMIT__PER_HOUR", "2000000000"),
-                ("ARQ__RATE_LIMIT__KEY", "client_ip"),
-            ]),
-    )
-    .unwrap()
-    .0
-}
+use loadgen::{Run, edge_config, env_u64, hello_router, mean, wrk};
 
 /// The edge stack around `app`, served on a fresh loopback port.
 async fn start(app: Router) -> SocketAddr {
-    let cfg = config();
+    let cfg = edge_config();
     let registry = MetricsRegistry::new();
     let health = Health::new(Duration::from_secs(1));
     let stack = EdgeStack::from_config(&cfg, &registry).unwrap();
@@ -105,8 +80,8 @@ fn main() {
     let (plain, authed) = rt.block_on(async {
         verifier.keys().refresh().await.unwrap();
         (
-            start(router()).await,
-            start(router().layer(AuthLayer::new(verifier))).await,
+            start(hello_router()).await,
+            start(hello_router().layer(AuthLayer::new(verifier))).await,
         )
     });
     // Warm up (connections, allocator, and the verified-token cache).

@@ -19,52 +19,25 @@ mod loadgen;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use arq_core::config::{ArqConfig, ConfigLoader};
 use arq_core::edge::EdgeStack;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::rate_limit::RateLimitLayer;
 use arq_core::server::Server;
-use axum::Router;
-use axum::routing::get;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use loadgen::{Run, env_u64, mean, wrk};
-
-fn router() -> Router {
-    Router::new().route("/hello", get(|| async { "hello, world\n" }))
-}
-
-fn config() -> ArqConfig {
-    ArqConfig::load_from(
-        &ConfigLoader::new("/nonexistent")
-            .environment("bench")
-            .vars([
-                ("ARQ__SERVER__ADDR", "127.0.0.1:0"),
-                (
-                    "ARQ__CORS__ALLOWED_ORIGINS",
-                    "https://app.arq.dev,https://*.arq.dev",
-                ),
-                // Quotas no benchmark run can exhaust, so every request takes the admitted path.
-                ("ARQ__RATE_LIMIT__PER_MINUTE", "1000000000"),
-                ("ARQ__RATE_LIMIT__PER_HOUR", "2000000000"),
-                ("ARQ__RATE_LIMIT__KEY", "client_ip"),
-            ]),
-    )
-    .unwrap()
-    .0
-}
+use loadgen::{Run, edge_config, env_u64, hello_router, mean, wrk};
 
 async fn start_bare() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router()).await });
+    tokio::spawn(async move { axum::serve(listener, hello_router()).await });
     addr
 }
 
 async fn start_arq(with_limit: bool) -> SocketAddr {
-    let cfg = config();
+    let cfg = edge_config();
     let registry = MetricsRegistry::new();
     let health = Health::new(Duration::from_secs(1));
     let mut stack = EdgeStack::from_config(&cfg, &registry).unwrap();
@@ -72,7 +45,7 @@ async fn start_arq(with_limit: bool) -> SocketAddr {
         stack = stack.per_ip_limit(RateLimitLayer::from_config(&cfg.rate_limit).unwrap());
     }
     let svc = stack.wrap(arq_core::server::with_operational_routes(
-        router(),
+        hello_router(),
         &health,
         &registry,
     ));

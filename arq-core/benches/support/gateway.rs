@@ -14,8 +14,6 @@ use arq_core::gateway::{Gateway, GatewayConfig, RouteConfig};
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::Server;
-use axum::Router;
-use axum::routing::get;
 
 /// Worker threads of each runtime, and nginx's worker processes.
 pub(crate) const THREADS: usize = 2;
@@ -34,8 +32,7 @@ pub(crate) fn start_upstream(rt: &tokio::runtime::Runtime) -> SocketAddr {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = Router::new().route("/hello", get(|| async { "hello, world\n" }));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move { axum::serve(listener, super::loadgen::hello_router()).await });
         addr
     })
 }

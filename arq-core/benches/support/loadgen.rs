@@ -1,7 +1,8 @@
 //! The load-generation driver shared by the HTTP benchmarks (arq-core's `edge_http` and
 //! `gateway`, arq-auth's `edge_auth_http` and `gateway_auth`): free ports, wrk runs and their
 //! parsing, an nginx reverse proxy as a baseline, resident-memory sampling and idle
-//! keep-alive clients.
+//! keep-alive clients; the hello route every one of them serves, and the edge benchmarks'
+//! configuration.
 //!
 //! Included by path (`#[path = ".../support/loadgen.rs"] mod loadgen;`), so each benchmark uses
 //! only part of it.
@@ -12,6 +13,32 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// The route every HTTP benchmark serves: `GET /hello` answers `hello, world\n`.
+pub(crate) fn hello_router() -> axum::Router {
+    axum::Router::new().route("/hello", axum::routing::get(|| async { "hello, world\n" }))
+}
+
+/// The edge benchmarks' configuration: an ephemeral port, CORS with an exact and a wildcard
+/// origin, and per-IP quotas no run can exhaust, so every request takes the admitted path.
+pub(crate) fn edge_config() -> arq_core::config::ArqConfig {
+    arq_core::config::ArqConfig::load_from(
+        &arq_core::config::ConfigLoader::new("/nonexistent")
+            .environment("bench")
+            .vars([
+                ("ARQ__SERVER__ADDR", "127.0.0.1:0"),
+                (
+                    "ARQ__CORS__ALLOWED_ORIGINS",
+                    "https://app.arq.dev,https://*.arq.dev",
+                ),
+                ("ARQ__RATE_LIMIT__PER_MINUTE", "1000000000"),
+                ("ARQ__RATE_LIMIT__PER_HOUR", "2000000000"),
+                ("ARQ__RATE_LIMIT__KEY", "client_ip"),
+            ]),
+    )
+    .unwrap()
+    .0
+}
 
 /// `name` from the environment as a number, or `default`.
 pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
