@@ -1,10 +1,17 @@
 //! The users service, shared by `main` and the tests.
 //!
-//! [`app`] serves an example tenant-scoped resource, items, under `/users/items`:
-//! create, read, update, delete and a paginated list, behind bearer-token authentication
-//! ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` in the configuration, a CEL policy
-//! (`policies/items.yaml`) and a transaction per request scoped to the caller's tenant by
-//! PostgreSQL row-level security ([`arq_tenancy`]). `/openapi.json` describes the API.
+//! [`app`] serves per-workspace user profiles under `/users/users` ([`profiles`]): the caller's
+//! own profile (`/users/users/me`, created or replaced with `PUT`), profiles by user id, a
+//! keyset-paginated list filtered by e-mail address or by preferences, the subscription tier
+//! (admins) and deletion. E-mail and phone are encrypted at field level with per-tenant data keys
+//! and found through a blind index ([`crypto`], over arq-tenancy's `crypto` module); preferences
+//! are JSONB found through a GIN index. Requests pass bearer-token authentication
+//! ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` (read:users, write:users,
+//! manage:users, admin:users), a CEL policy (`policies/users.yaml`: who sees contact data, who
+//! may delete a profile), and run in a transaction scoped to the caller's tenant (the workspace)
+//! by PostgreSQL row-level security ([`arq_tenancy`]). Each change writes its event to the
+//! transactional outbox ([`events`]); [`relay`] publishes them to RabbitMQ. `/openapi.json`
+//! describes the API.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,15 +27,19 @@ use arq_core::edge::{EdgeService, EdgeStack};
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::with_operational_routes;
-use arq_tenancy::{TenantLayer, TenantPool, TenantTxLayer};
+use arq_tenancy::{DbConfig, TenantLayer, TenantPool, TenantTxLayer};
 use axum::Router;
 use axum::http::header;
-use axum::routing::{get, post};
+use axum::routing::{get, put};
 use serde::Deserialize;
-use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, PgPool, SqlSafeStr};
 
-pub mod items;
+pub mod crypto;
+pub mod events;
+pub mod profiles;
+pub mod relay;
 
 /// The service's name.
 pub const NAME: &str = "users";
@@ -58,6 +69,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[rbac]`: roles and their permissions.
     pub rbac: RbacConfig,
+    /// `[queue]`: where events are published.
+    pub queue: relay::QueueSettings,
+    /// `[encryption]`: the key files (given at run time) and the KEK id.
+    pub encryption: crypto::EncryptionSettings,
 }
 
 /// `[database]`. The URL itself (with its password) comes from `DATABASE_URL`.
@@ -66,6 +81,28 @@ pub struct Settings {
 pub struct DatabaseSettings {
     /// The size of the connection pool.
     pub max_connections: u32,
+}
+
+/// The runtime pool (`url` connects as the runtime role), through arq-tenancy's [`DbConfig`]:
+/// its acquire and statement timeouts, query metrics and slow-query log. Before the pool is
+/// built, the start-up audit runs on one connection as the same role, as
+/// [`TenantPool::checked`] does: the service refuses to start on a database that would not
+/// isolate tenants.
+pub async fn connect_tenants(
+    url: String,
+    database: &DatabaseSettings,
+) -> anyhow::Result<TenantPool> {
+    let config = DbConfig::new(url).max_connections(database.max_connections);
+    let options = config.connect_options(&config.url, "primary")?;
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    arq_tenancy::audit::ensure_safe(&mut conn).await?;
+    conn.close().await.context("closing the audit connection")?;
+    config
+        .connect()
+        .await
+        .context("cannot connect to PostgreSQL")
 }
 
 /// `[auth]`: which access tokens the service accepts.
@@ -115,28 +152,78 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
         database: layers.section("database").context("[database]")?,
         auth: layers.section("auth").context("[auth]")?,
         rbac: layers.section("rbac").context("[rbac]")?,
+        queue: layers.section("queue").context("[queue]")?,
+        encryption: layers.section("encryption").context("[encryption]")?,
     })
 }
 
 /// The migrations, to run as the owner role: arq-tenancy's support migration
-/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then `migrations/*.sql`.
+/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`, `arq.tenant_data_keys`) first, then
+/// `migrations/0001_profiles.sql`, then arq-queue's outbox table and its tenant isolation.
+/// Check [`require_search_operator`] and [`arq_queue::outbox::require_relay_role`] first.
 pub fn migrator() -> Migrator {
     let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
-    migrations.push(Migration::new(
-        20_260_101_000_001,
-        "items".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_items.sql").into_sql_str(),
-        false,
-    ));
+    let ours = [
+        (
+            20_260_101_000_001,
+            "profiles",
+            include_str!("../migrations/0001_profiles.sql"),
+        ),
+        (
+            20_260_101_000_002,
+            "arq_outbox",
+            arq_queue::outbox::MIGRATION,
+        ),
+        (
+            20_260_101_000_003,
+            "outbox isolation",
+            arq_queue::outbox::TENANT_ISOLATION_MIGRATION,
+        ),
+    ];
+    for (version, name, sql) in ours {
+        migrations.push(Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        ));
+    }
     Migrator::with_migrations(migrations)
+}
+
+/// The administrator's part of the schema, `sql/preferences-search.sql` (the LEAKPROOF jsonb
+/// containment operator class the preferences GIN index is built with).
+pub const PREFERENCES_SEARCH_SQL: &str = include_str!("../sql/preferences-search.sql");
+
+/// Fails, saying what to run, when the database lacks `sql/preferences-search.sql`'s operator
+/// class: `migrations/0001_profiles.sql` builds the preferences index with it, and creating it
+/// needs a superuser, which the migrating role should not be.
+pub async fn require_search_operator(owner: &PgPool) -> anyhow::Result<()> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_opclass c JOIN pg_namespace n ON n.oid = c.opcnamespace \
+         WHERE n.nspname = 'arq_search' AND c.opcname = 'jsonb_path_ops') \
+         AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'btree_gin')",
+    )
+    .fetch_one(owner)
+    .await
+    .context("cannot look up the arq_search operator class")?;
+    if !exists {
+        anyhow::bail!(
+            "this database lacks the preferences search operator (schema arq_search, btree_gin): \
+             run services/users/sql/preferences-search.sql once in THIS database as a superuser \
+             (psql \"postgres://postgres@HOST/DATABASE\" -f services/users/sql/preferences-search.sql), \
+             then run `users migrate` again"
+        );
+    }
+    Ok(())
 }
 
 /// The CEL policies, compiled into the binary so that a deployed service cannot run without them.
 pub fn policies() -> anyhow::Result<Arc<PolicySet>> {
     let set = PolicySet::from_yaml(
-        "policies/items.yaml",
-        include_str!("../policies/items.yaml"),
+        "policies/users.yaml",
+        include_str!("../policies/users.yaml"),
     )?;
     Ok(Arc::new(set))
 }
@@ -161,29 +248,48 @@ pub fn verifier(settings: &Settings) -> anyhow::Result<Verifier> {
 pub struct AppState {
     /// The CEL policies.
     pub policies: Arc<PolicySet>,
+    /// The field cipher and blind index.
+    pub crypto: Arc<crypto::Crypto>,
+    /// The exchange events are published to (`[queue] exchange`).
+    pub exchange: Arc<str>,
 }
 
-/// The service's routes: the items API behind authentication, tenant resolution and a tenant
+/// The service's routes: the profiles API behind authentication, tenant resolution and a tenant
 /// transaction per request (committed below status 400, rolled back otherwise), and the public
-/// `/openapi.json`.
-pub fn app(verifier: Verifier, tenants: TenantPool, policies: Arc<PolicySet>) -> Router {
-    let items = Router::new()
+/// `/openapi.json`. Events go to the outbox for `exchange`.
+pub fn app(
+    verifier: Verifier,
+    tenants: TenantPool,
+    policies: Arc<PolicySet>,
+    crypto: Arc<crypto::Crypto>,
+    exchange: &str,
+) -> Router {
+    let api = Router::new()
+        .route(&format!("{ROUTE}/users"), get(profiles::list))
         .route(
-            &format!("{ROUTE}/items"),
-            post(items::create).get(items::list),
+            &format!("{ROUTE}/users/me"),
+            get(profiles::read_me).put(profiles::put_me),
         )
         .route(
-            &format!("{ROUTE}/items/{{id}}"),
-            get(items::read).patch(items::update).delete(items::delete),
+            &format!("{ROUTE}/users/{{user_id}}"),
+            get(profiles::read).delete(profiles::delete),
         )
-        .with_state(AppState { policies })
+        .route(
+            &format!("{ROUTE}/users/{{user_id}}/tier"),
+            put(profiles::put_tier),
+        )
+        .with_state(AppState {
+            policies,
+            crypto,
+            exchange: exchange.into(),
+        })
         // The last layer added runs first: authenticate, resolve the tenant, then begin.
         .layer(TenantTxLayer::new(tenants))
         .layer(TenantLayer::new())
         .layer(AuthLayer::new(verifier));
     Router::new()
         .route("/openapi.json", get(openapi))
-        .merge(items)
+        .merge(api)
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {
