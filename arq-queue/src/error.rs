@@ -70,6 +70,12 @@ pub enum QueueError {
         /// The driver's message.
         reason: String,
     },
+    /// The database is not set up for the outbox relay (a missing role, privilege or policy).
+    #[error("the outbox relay is not set up: {reason}")]
+    OutboxSetup {
+        /// What is missing and how to set it up.
+        reason: String,
+    },
     /// The queue or worker is shutting down.
     #[error("the queue is shutting down")]
     Closed,

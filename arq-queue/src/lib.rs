@@ -98,6 +98,6 @@ pub use topology::{Binding, QueueConfig, Topology, topic_matches};
 pub use worker::{HandlerError, IdempotencyStore, Job, MemoryIdempotency, Worker, WorkerReport};
 
 #[cfg(feature = "rabbitmq")]
-pub use rabbitmq::RabbitBackend;
+pub use rabbitmq::{RabbitBackend, connect_rabbitmq_retrying};
 #[cfg(feature = "redis")]
 pub use redis_streams::RedisBackend;

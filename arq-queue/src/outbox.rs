@@ -47,9 +47,21 @@
 //!   relays or retries, consumers must not rely on order.
 //!
 //! # Privileges
-//! The table has no row-level security; give the tenant runtime role `INSERT` (and the
-//! sequence's `USAGE`) only, so no tenant can read another's rows, and run the relay as a role
-//! that can `SELECT` and `DELETE`.
+//! [`MIGRATION`] alone creates the table without row-level security: give the tenant runtime
+//! role `INSERT` (and the sequence's `USAGE`) only, so no tenant can read another's rows, and run
+//! the relay as a role that can `SELECT`, `UPDATE` and `DELETE`.
+//!
+//! In a tenant database (arq-tenancy), run [`TENANT_ISOLATION_MIGRATION`] right after it: the
+//! outbox then holds tenant data like any tenant table (`tenant_id` required and first in the
+//! key, row-level security forced, the runtime role `arq_app` may only insert its own tenant's
+//! rows) and only the relay role [`RELAY_ROLE`] (created once per cluster with
+//! [`RELAY_ROLE_SQL`]) reads every tenant's rows. A service then
+//! - checks the role exists before migrating ([`require_relay_role`]),
+//! - opens the relay's own pool with [`connect_relay_pool`], which refuses a role that could not
+//!   relay (e.g. the runtime role, which would see no rows and publish nothing, silently),
+//! - and runs [`Relay`] on a queue connected with
+//!   [`connect_rabbitmq_retrying`](crate::connect_rabbitmq_retrying) (feature `rabbitmq`), so
+//!   that a broker outage delays events without failing a request.
 
 use std::future::Future;
 use std::time::Duration;
@@ -65,6 +77,20 @@ use crate::queue::Queue;
 /// The table's DDL (also in `migrations/0001_arq_outbox.sql` for `sqlx migrate`).
 pub const MIGRATION: &str = include_str!("../migrations/0001_arq_outbox.sql");
 
+/// Makes the outbox a tenant table (also in `migrations/0002_arq_outbox_tenant_isolation.sql`);
+/// run it once, right after [`MIGRATION`], as the owner role, in a database with arq-tenancy's
+/// support migration and after [`RELAY_ROLE`] exists. See the module docs.
+pub const TENANT_ISOLATION_MIGRATION: &str =
+    include_str!("../migrations/0002_arq_outbox_tenant_isolation.sql");
+
+/// The relay's database role, the one [`TENANT_ISOLATION_MIGRATION`] lets read every tenant's
+/// outbox rows.
+pub const RELAY_ROLE: &str = "arq_relay";
+
+/// Creates [`RELAY_ROLE`] if it does not exist (idempotent); run once per cluster by an
+/// administrator, e.g. `psql "$ADMIN_URL" -f relay-role.sql` with this text in the file.
+pub const RELAY_ROLE_SQL: &str = include_str!("../migrations/relay-role.sql");
+
 fn db(e: &sqlx::Error) -> QueueError {
     QueueError::Database {
         reason: e.to_string(),
@@ -78,6 +104,68 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<(), QueueError> {
         .await
         .map(drop)
         .map_err(|e| db(&e))
+}
+
+/// Fails, saying how to create it, when [`RELAY_ROLE`] does not exist: run before
+/// [`TENANT_ISOLATION_MIGRATION`], which grants to it (creating a role needs an administrator,
+/// which a service's migrating role should not be).
+pub async fn require_relay_role(pool: &PgPool) -> Result<(), QueueError> {
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
+            .bind(RELAY_ROLE)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| db(&e))?;
+    if exists {
+        return Ok(());
+    }
+    Err(QueueError::OutboxSetup {
+        reason: format!(
+            "the role {RELAY_ROLE} does not exist; create it once per cluster as an administrator \
+             (the SQL is arq_queue::outbox::RELAY_ROLE_SQL, e.g. `psql \"$ADMIN_URL\" -f \
+             sql/relay-role.sql`), then migrate again"
+        ),
+    })
+}
+
+/// Opens the relay's own small pool (2 connections) from `url` and checks that its role can do
+/// the relay's work on a tenant outbox: read, mark and delete every tenant's rows (the
+/// privileges and the `arq_outbox_relay` policy of [`TENANT_ISOLATION_MIGRATION`]). Refuses
+/// otherwise, naming the role: the runtime role, say, would see no rows and relay nothing,
+/// silently.
+pub async fn connect_relay_pool(url: &str) -> Result<PgPool, QueueError> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .map_err(|e| QueueError::Connection {
+            backend: "PostgreSQL (the outbox relay's URL)",
+            reason: e.to_string(),
+        })?;
+    let (role, privileged, policy): (String, bool, bool) = sqlx::query_as(
+        "select current_user::text, \
+           has_table_privilege('arq_outbox', 'SELECT') \
+             and has_table_privilege('arq_outbox', 'UPDATE') \
+             and has_table_privilege('arq_outbox', 'DELETE'), \
+           exists (select 1 from pg_policy p join pg_roles r on r.oid = any (p.polroles) \
+                   where p.polrelid = 'arq_outbox'::regclass and p.polname = 'arq_outbox_relay' \
+                     and r.rolname = current_user)",
+    )
+    .fetch_one(&pool)
+    .await
+    .map_err(|e| QueueError::OutboxSetup {
+        reason: format!("cannot inspect arq_outbox ({e}); have the outbox migrations run?"),
+    })?;
+    if !privileged || !policy {
+        return Err(QueueError::OutboxSetup {
+            reason: format!(
+                "the relay connects as {role:?}, which cannot relay the outbox (it needs SELECT, \
+                 UPDATE and DELETE on arq_outbox and the arq_outbox_relay policy): connect as \
+                 {RELAY_ROLE} (see arq_queue::outbox::RELAY_ROLE_SQL) after the outbox migrations ran"
+            ),
+        });
+    }
+    Ok(pool)
 }
 
 /// Writes `envelope` to the outbox inside the caller's transaction (pass `&mut *tx` or

@@ -141,6 +141,66 @@ impl Live {
     }
 }
 
+/// Connects to RabbitMQ at `url` and declares `topology`, retrying while the broker is
+/// unreachable (backing off from 100 ms to 10 s, each failure logged as a warning), until it
+/// succeeds or `shutdown` completes (then `Ok(None)`).
+///
+/// For the broker-facing parts a process runs beside its HTTP API (an outbox relay, a consumer):
+/// they wait for the broker instead of failing start-up, so a broker outage delays messages and
+/// never takes the API down. A topology the broker refuses for good (an invalid name) is an
+/// error at once, not retried. Once connected, [`RabbitBackend`] reconnects by itself.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), arq_queue::QueueError> {
+/// use arq_queue::{QueueConfig, Topology, connect_rabbitmq_retrying};
+/// let topology = Topology::new(["platform"])
+///     .queue_config(QueueConfig::new("audit.events").bind("platform", "audit.#"));
+/// let shutdown = tokio::signal::ctrl_c();
+/// tokio::pin!(shutdown);
+/// let shutdown = async { let _ = (&mut shutdown).await; };
+/// tokio::pin!(shutdown);
+/// if let Some(queue) = connect_rabbitmq_retrying("amqp://127.0.0.1:5672/%2f", topology, &mut shutdown).await? {
+///     // consume, or run an outbox relay, until shutdown
+/// #   drop(queue);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn connect_rabbitmq_retrying<F>(
+    url: &str,
+    topology: Topology,
+    shutdown: &mut F,
+) -> Result<Option<crate::Queue<RabbitBackend>>, QueueError>
+where
+    F: Future<Output = ()> + Unpin,
+{
+    topology.validate()?;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let backend = RabbitBackend::connect(url).await?;
+            crate::Queue::new(backend, topology.clone()).await
+        };
+        let failed = tokio::select! {
+            () = &mut *shutdown => return Ok(None),
+            r = attempt => match r {
+                Ok(queue) => return Ok(Some(queue)),
+                Err(e @ QueueError::Topology { .. }) => return Err(e),
+                Err(e) => e,
+            },
+        };
+        tracing::warn!(
+            error = %failed,
+            retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            "cannot reach RabbitMQ; retrying"
+        );
+        tokio::select! {
+            () = &mut *shutdown => return Ok(None),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
 impl RabbitBackend {
     /// Connects to `url` (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`), declaring quorum
     /// queues where the server supports them.

@@ -418,3 +418,98 @@ async fn runtime_role_can_enqueue_but_not_read() {
     assert_eq!(db.outbox_rows().await, 1);
     db.drop_db().await;
 }
+
+/// The tenant outbox (`TENANT_ISOLATION_MIGRATION`): the runtime role inserts its own tenant's
+/// rows only and reads none; the relay pool refuses the runtime role and accepts `arq_relay`,
+/// which relays every tenant's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_outbox_isolates_tenants_and_only_the_relay_role_relays() {
+    let db = TestDb::new().await;
+    // Twice: the role SQL is idempotent (and other tests may have created the role already).
+    for _ in 0..2 {
+        sqlx::raw_sql(outbox::RELAY_ROLE_SQL)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    outbox::require_relay_role(&db.pool).await.unwrap();
+    arq_tenancy::migrate::migrator()
+        .run(&db.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(outbox::TENANT_ISOLATION_MIGRATION)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let as_role = |role: &str| {
+        db.url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://{role}:{role}@"),
+            1,
+        )
+    };
+    // The runtime role cannot relay: it would see no rows and publish nothing, silently.
+    let refused = outbox::connect_relay_pool(&as_role("arq_app"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, QueueError::OutboxSetup { reason } if reason.contains("\"arq_app\"")),
+        "{refused}"
+    );
+
+    let app = PgPool::connect(&as_role("arq_app")).await.unwrap();
+    let (a, b) = (TenantId::generate(), TenantId::generate());
+    for tenant in [a, b] {
+        let mut tx = app.begin().await.unwrap();
+        sqlx::query("select set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let env = Envelope::new(Task { n: 1, act: Act::Ok }).with_tenant(tenant);
+        outbox::enqueue(&mut tx, "app", "task.created", &env)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    // Writing another tenant's event is refused by the policy's WITH CHECK, and reading back
+    // is refused outright.
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("select set_config('app.tenant_id', $1, true)")
+        .bind(a.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let env = Envelope::new(Task { n: 2, act: Act::Ok }).with_tenant(b);
+    let err = outbox::enqueue(&mut tx, "app", "task.created", &env)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    drop(tx);
+    let read = sqlx::query("select * from arq_outbox")
+        .fetch_all(&app)
+        .await;
+    assert!(read.unwrap_err().to_string().contains("permission denied"));
+    app.close().await;
+
+    let relay_pool = outbox::connect_relay_pool(&as_role("arq_relay"))
+        .await
+        .unwrap();
+    let mem = MemoryBackend::new();
+    let t = topology();
+    let queue = Queue::new(mem.clone(), t.clone()).await.unwrap();
+    let published = Relay::new(relay_pool.clone(), queue)
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(published, 2, "both tenants' events are relayed");
+    assert_eq!(db.outbox_rows().await, 0);
+    // The relay role reads the outbox and nothing else.
+    let other = sqlx::query("select * from pg_catalog.pg_authid")
+        .fetch_all(&relay_pool)
+        .await;
+    assert!(other.is_err());
+    relay_pool.close().await;
+    db.drop_db().await;
+}

@@ -4,8 +4,11 @@
 
 mod suite;
 
+use std::time::Duration;
+
 use arq_core::testing::{TestService, require};
 use arq_queue::{Queue, RabbitBackend, Topology};
+use suite::Fixture as _;
 
 struct Rabbit {
     url: String,
@@ -77,4 +80,34 @@ async fn declares_quorum_queues_with_ttls() {
     let dead = line(".dead");
     assert!(dead.contains("604800000"), "{dead}");
     suite::Fixture::cleanup(&f, &t).await;
+}
+
+/// `connect_rabbitmq_retrying` keeps trying an unreachable broker (on the paused clock) until
+/// shutdown, then answers `None`.
+#[tokio::test(start_paused = true)]
+async fn connect_retrying_waits_for_an_unreachable_broker_until_shutdown() {
+    let t = Topology::new(["arqtest.retrying"]);
+    // Port 1 on loopback refuses at once, so only the backoff sleeps pass the (paused) time.
+    let mut shutdown = std::pin::pin!(tokio::time::sleep(Duration::from_secs(60)));
+    let started = tokio::time::Instant::now();
+    let none = arq_queue::connect_rabbitmq_retrying("amqp://127.0.0.1:1/%2f", t, &mut shutdown)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert!(started.elapsed() >= Duration::from_secs(60));
+}
+
+/// A reachable broker gives a queue with the topology declared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_retrying_declares_the_topology_of_a_reachable_broker() {
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q);
+    let mut never = std::pin::pin!(std::future::pending::<()>());
+    let queue = arq_queue::connect_rabbitmq_retrying(&f.url, t.clone(), &mut never)
+        .await
+        .unwrap()
+        .expect("the broker answers");
+    let listed = queue.list().await.unwrap();
+    assert_eq!(listed.len(), t.queues.len());
+    f.backend().await.delete(&t).await.unwrap();
 }

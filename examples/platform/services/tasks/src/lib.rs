@@ -154,7 +154,7 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
 
 /// The migrations, to run as the owner role: arq-tenancy's support migration
 /// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then arq-queue's outbox table,
-/// then `migrations/*.sql` (the tasks, and the outbox's tenant isolation).
+/// then `migrations/0001_tasks.sql`, then arq-queue's tenant isolation of the outbox.
 pub fn migrator() -> Migrator {
     let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
     let ours = [
@@ -171,7 +171,7 @@ pub fn migrator() -> Migrator {
         (
             20_260_101_000_003,
             "outbox isolation",
-            include_str!("../migrations/0002_outbox.sql"),
+            arq_queue::outbox::TENANT_ISOLATION_MIGRATION,
         ),
     ];
     for (version, name, sql) in ours {

@@ -3,12 +3,12 @@
 //! the same envelope id on a rare re-publish).
 //!
 //! It runs in the service's process, beside the HTTP server, on its own database role:
-//! `arq_relay` (see `migrations/0002_outbox.sql` and `sql/relay-role.sql`), the one role that may
+//! `arq_relay` (see arq-queue's `outbox::TENANT_ISOLATION_MIGRATION` and `sql/relay-role.sql`), the one role that may
 //! read every tenant's outbox rows and nothing else. The runtime role only inserts.
 //!
 //! # When RabbitMQ is down
 //! Requests never wait for the broker: an event is a row in the request's transaction, and the
-//! outbox is the buffer. [`run`] keeps trying to connect (backing off up to 10 s) and, once
+//! outbox is the buffer. [`run`] keeps trying to connect (`arq_queue::connect_rabbitmq_retrying`, backing off up to 10 s) and, once
 //! connected, [`Relay::run`] retries failed rounds the same way, so events are published when the
 //! broker is back. Readiness (`/health/ready`) deliberately does **not** include the broker: a
 //! replica that cannot publish still serves every request correctly, and taking it out of the
@@ -21,8 +21,8 @@ use std::time::Duration;
 use anyhow::Context;
 use arq_core::config::Secret;
 use arq_core::metrics::MetricsRegistry;
-use arq_queue::outbox::Relay;
-use arq_queue::{Queue, QueueConfig, QueueMetrics, RabbitBackend, Topology};
+use arq_queue::outbox::{self, Relay};
+use arq_queue::{QueueConfig, QueueMetrics, Topology};
 use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
 
@@ -76,53 +76,20 @@ pub fn topology(settings: &QueueSettings) -> anyhow::Result<Topology> {
     Ok(topology)
 }
 
-/// Fails, saying how to fix it, when the relay role `arq_relay` does not exist: the outbox
+/// Fails, saying how to create it, when the relay role `arq_relay` does not exist: the outbox
 /// migration grants to it, so `tasks migrate` checks this first.
 pub async fn require_relay_role(owner: &PgPool) -> anyhow::Result<()> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_relay')")
-            .fetch_one(owner)
-            .await
-            .context("cannot look up the arq_relay role")?;
-    if !exists {
-        anyhow::bail!(
-            "the outbox relay role arq_relay does not exist: create it once per cluster, as an \
-             administrator (psql \"$ADMIN_URL\" -f services/tasks/sql/relay-role.sql), then run \
-             `tasks migrate` again"
-        );
-    }
-    Ok(())
+    outbox::require_relay_role(owner)
+        .await
+        .context("services/tasks/sql/relay-role.sql creates the role")
 }
 
-/// Connects the relay's pool and checks that its role can do the relay's work: read, mark and
-/// delete every tenant's outbox rows. Refuses (with what to do) otherwise, e.g. when
-/// `DATABASE_RELAY_URL` names the runtime role, which would see no rows at all.
+/// Connects the relay's pool (`DATABASE_RELAY_URL`), refusing a role that cannot relay (e.g.
+/// the runtime role, which would see no rows at all).
 pub async fn connect_pool(url: &str) -> anyhow::Result<PgPool> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
+    outbox::connect_relay_pool(url)
         .await
-        .context("the outbox relay cannot connect to PostgreSQL (DATABASE_RELAY_URL)")?;
-    let (role, privileged, policy): (String, bool, bool) = sqlx::query_as(
-        "SELECT current_user::text, \
-           has_table_privilege('arq_outbox', 'SELECT') \
-             AND has_table_privilege('arq_outbox', 'UPDATE') \
-             AND has_table_privilege('arq_outbox', 'DELETE'), \
-           EXISTS (SELECT 1 FROM pg_policy p JOIN pg_roles r ON r.oid = ANY (p.polroles) \
-                   WHERE p.polrelid = 'arq_outbox'::regclass AND p.polname = 'arq_outbox_relay' \
-                     AND r.rolname = current_user)",
-    )
-    .fetch_one(&pool)
-    .await
-    .context("the outbox relay cannot inspect arq_outbox (has `tasks migrate` run?)")?;
-    if !privileged || !policy {
-        anyhow::bail!(
-            "DATABASE_RELAY_URL connects as {role:?}, which cannot relay the outbox (it needs \
-             SELECT, UPDATE and DELETE on arq_outbox and the arq_outbox_relay policy): connect as \
-             arq_relay (create it with services/tasks/sql/relay-role.sql, then run `tasks migrate`)"
-        );
-    }
-    Ok(pool)
+        .context("DATABASE_RELAY_URL must connect as arq_relay (services/tasks/sql/relay-role.sql creates it)")
 }
 
 /// Publishes the outbox until `shutdown` completes: connects to RabbitMQ (retrying with backoff
@@ -136,29 +103,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topology = topology(&settings)?;
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(100);
-    let queue = loop {
-        let attempt = async {
-            let backend = RabbitBackend::connect(settings.url.expose()).await?;
-            Queue::new(backend, topology.clone()).await
-        };
-        let failed = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            r = attempt => match r {
-                Ok(queue) => break queue,
-                Err(e) => e,
-            },
-        };
-        tracing::warn!(
-            error = %failed,
-            retry_in_ms = backoff.as_millis() as u64,
-            "outbox relay cannot reach RabbitMQ ([queue] url); events stay in the outbox"
-        );
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+    let Some(queue) =
+        arq_queue::connect_rabbitmq_retrying(settings.url.expose(), topology, &mut shutdown)
+            .await?
+    else {
+        return Ok(());
     };
     // Registered once the broker answers; a second registration (a test running the relay twice
     // in one registry) keeps the first.

@@ -228,3 +228,12 @@ async fn only_the_relay_role_reads_the_outbox() {
     // The relay role sees every tenant's rows.
     assert_eq!(api.outbox().await.len(), 1);
 }
+
+/// The relay role this service ships for administrators is arq-queue's, word for word.
+#[test]
+fn shipped_relay_role_sql_is_arq_queues() {
+    assert_eq!(
+        include_str!("../sql/relay-role.sql"),
+        arq_queue::outbox::RELAY_ROLE_SQL
+    );
+}

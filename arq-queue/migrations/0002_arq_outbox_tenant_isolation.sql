@@ -1,15 +1,18 @@
--- The transactional outbox (arq-queue's `arq_outbox`, created just before this migration by
--- `tasks::migrator()`) made safe for a tenant database. Events are tenant data (titles, e-mail
--- addresses), and arq-tenancy's start-up audit treats every table with a tenant_id column as a
--- tenant table, so the outbox gets the same isolation as `tasks`:
+-- The outbox made safe for a tenant database (arq-tenancy's row-level security). Run right after
+-- 0001_arq_outbox.sql, as the owner role (arq_owner), in a database that has arq-tenancy's
+-- support migration (`arq.current_tenant_id()`) and where the relay role exists
+-- (arq_queue::outbox::RELAY_ROLE_SQL, once per cluster, as an administrator).
+--
+-- Events are tenant data (titles, e-mail addresses), and arq-tenancy's start-up audit treats
+-- every table with a tenant_id column as a tenant table, so the outbox gets the same isolation as
+-- the business tables:
 --   * every row belongs to a tenant, and tenant_id leads the primary key (a key collision can
 --     never reveal another tenant's row);
 --   * ENABLE + FORCE row level security with the restrictive tenant policy for the runtime role
 --     (arq_app), which may only INSERT its own tenant's events, never read them back;
---   * the relay, which publishes every tenant's events, connects as its own role, arq_relay
---     (sql/relay-role.sql), which may read, mark and delete outbox rows and nothing else: it has
---     no grant on any other table and no BYPASSRLS.
--- arq_relay must exist before this runs (`tasks migrate` checks and says how to create it).
+--   * the relay, which publishes every tenant's events, connects as its own role, arq_relay, which
+--     may read, mark and delete outbox rows and nothing else: it has no grant on any other table
+--     and no BYPASSRLS.
 
 ALTER TABLE arq_outbox ALTER COLUMN tenant_id SET NOT NULL;
 ALTER TABLE arq_outbox DROP CONSTRAINT arq_outbox_pkey;
