@@ -1,34 +1,57 @@
 //! The workspace service, shared by `main` and the tests.
 //!
-//! [`app`] serves an example tenant-scoped resource, items, under `/workspaces/items`:
-//! create, read, update, delete and a paginated list, behind bearer-token authentication
-//! ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` in the configuration, a CEL policy
-//! (`policies/items.yaml`) and a transaction per request scoped to the caller's tenant by
-//! PostgreSQL row-level security ([`arq_tenancy`]). `/openapi.json` describes the API.
+//! A workspace is the platform's tenant: its id is the tenant id of everything in it, here and
+//! in every other service. [`app`] serves, under `/workspaces`:
+//!
+//! | route | needs | what |
+//! |---|---|---|
+//! | `POST /workspaces/workspaces` | a signed-in user (no tenant needed) | create a workspace; the caller becomes its `admin` ([`workspaces`]) |
+//! | `GET`, `PATCH`, `DELETE /workspaces/workspaces/{id}` | read:workspace / admin:workspace | the workspace of the token's tenant |
+//! | `GET /workspaces/workspaces/{id}/members` | read:workspace | its members and their roles ([`members`]) |
+//! | `PUT`, `DELETE /workspaces/workspaces/{id}/members/{user_id}` | admin:workspace | change a member's role, remove a member (never the last admin) |
+//! | `POST /workspaces/workspaces/{id}/invitations` | admin:workspace | invite by e-mail: a single-use code is mailed ([`invitations`]) |
+//! | `POST /workspaces/invitations/accept` | a signed-in user (no tenant needed) | join with the code |
+//!
+//! The routes on an existing workspace pass bearer-token authentication
+//! ([`arq_auth::AuthLayer`]), tenant resolution and RBAC permissions from `[rbac]`, and run in a
+//! transaction scoped to the caller's tenant by PostgreSQL row-level security
+//! ([`arq_tenancy`]); `{id}` must be that tenant (any other id is 404). The two routes a user
+//! without a tenant calls (creating a workspace, accepting an invitation) are authenticated only,
+//! and open the tenant transaction themselves, for the new workspace's id or the invitation's.
+//! Every change writes its events to the transactional outbox in its transaction ([`events`]);
+//! [`relay`] publishes them to RabbitMQ, where the auth service turns the membership events into
+//! the roles it signs into tokens. `/openapi.json` describes the API.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arq_auth::policy::PolicySet;
 use arq_auth::{
-    AuthLayer, JwksUrl, KeyRing, OidcDiscovery, Rbac, RbacConfig, Verifier, VerifierConfig,
+    AuthLayer, JwksUrl, KeyRing, OidcDiscovery, Permission, Rbac, RbacConfig, Verifier,
+    VerifierConfig,
 };
 use arq_core::config::{ArqConfig, ConfigLoader, Layers};
 use arq_core::edge::{EdgeService, EdgeStack};
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::with_operational_routes;
-use arq_tenancy::{TenantLayer, TenantPool, TenantTxLayer};
+use arq_tenancy::{DbConfig, TenantLayer, TenantPool, TenantTxLayer};
 use axum::Router;
 use axum::http::header;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
-use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, SqlSafeStr};
 
-pub mod items;
+pub mod events;
+pub mod invitations;
+pub mod members;
+pub mod problems;
+pub mod relay;
+pub mod workspaces;
 
 /// The service's name.
 pub const NAME: &str = "workspace";
@@ -36,6 +59,9 @@ pub const NAME: &str = "workspace";
 /// The route prefix this service serves under; the gateway forwards
 /// `/api/v1/workspaces/**` here.
 pub const ROUTE: &str = "/workspaces";
+
+/// The role a workspace's creator gets, and the one the last-admin rule protects.
+pub const ADMIN_ROLE: &str = "admin";
 
 /// The OpenAPI 3.1 description of the API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -56,8 +82,11 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// `[auth]`.
     pub auth: AuthSettings,
-    /// `[rbac]`: roles and their permissions.
+    /// `[rbac]`: roles and their permissions; the role names are also the roles a membership
+    /// may have.
     pub rbac: RbacConfig,
+    /// `[queue]`: where events are published.
+    pub queue: relay::QueueSettings,
 }
 
 /// `[database]`. The URL itself (with its password) comes from `DATABASE_URL`.
@@ -66,6 +95,27 @@ pub struct Settings {
 pub struct DatabaseSettings {
     /// The size of the connection pool.
     pub max_connections: u32,
+}
+
+/// The runtime pool (`url` connects as the runtime role), through arq-tenancy's [`DbConfig`]
+/// (acquire and statement timeouts, query metrics, slow-query log). Before the pool is built,
+/// the start-up audit runs on one connection as the same role: the service refuses to start on
+/// a database that would not isolate tenants.
+pub async fn connect_tenants(
+    url: String,
+    database: &DatabaseSettings,
+) -> anyhow::Result<TenantPool> {
+    let config = DbConfig::new(url).max_connections(database.max_connections);
+    let options = config.connect_options(&config.url, "primary")?;
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    arq_tenancy::audit::ensure_safe(&mut conn).await?;
+    conn.close().await.context("closing the audit connection")?;
+    config
+        .connect()
+        .await
+        .context("cannot connect to PostgreSQL")
 }
 
 /// `[auth]`: which access tokens the service accepts.
@@ -110,35 +160,66 @@ pub fn load_settings() -> anyhow::Result<Settings> {
 }
 
 fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
-    Ok(Settings {
+    let settings = Settings {
         arq,
         database: layers.section("database").context("[database]")?,
         auth: layers.section("auth").context("[auth]")?,
         rbac: layers.section("rbac").context("[rbac]")?,
-    })
+        queue: layers.section("queue").context("[queue]")?,
+    };
+    check_rbac(&settings.rbac)?;
+    Ok(settings)
+}
+
+/// The roles must include `admin` holding `admin:workspace`: a workspace's creator becomes its
+/// admin, and the last-admin rule keeps one.
+fn check_rbac(config: &RbacConfig) -> anyhow::Result<()> {
+    let rbac = Rbac::from_config(config).context("[rbac]")?;
+    let holds = rbac
+        .role_permissions(ADMIN_ROLE)
+        .is_some_and(|p| p.contains(members::AdminWorkspace::NAME));
+    if !holds {
+        anyhow::bail!(
+            "[rbac.roles]: the role {ADMIN_ROLE:?} must exist and hold {:?} (a workspace's creator \
+             becomes its admin)",
+            members::AdminWorkspace::NAME
+        );
+    }
+    Ok(())
 }
 
 /// The migrations, to run as the owner role: arq-tenancy's support migration
-/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then `migrations/*.sql`.
+/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then the workspace tables, then
+/// arq-queue's outbox table and its tenant isolation.
 pub fn migrator() -> Migrator {
     let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
-    migrations.push(Migration::new(
-        20_260_101_000_001,
-        "items".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_items.sql").into_sql_str(),
-        false,
-    ));
+    let ours = [
+        (
+            20_260_101_000_001,
+            "workspaces",
+            include_str!("../migrations/0001_workspaces.sql"),
+        ),
+        (
+            20_260_101_000_002,
+            "arq_outbox",
+            arq_queue::outbox::MIGRATION,
+        ),
+        (
+            20_260_101_000_003,
+            "outbox tenant isolation",
+            arq_queue::outbox::TENANT_ISOLATION_MIGRATION,
+        ),
+    ];
+    for (version, name, sql) in ours {
+        migrations.push(Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        ));
+    }
     Migrator::with_migrations(migrations)
-}
-
-/// The CEL policies, compiled into the binary so that a deployed service cannot run without them.
-pub fn policies() -> anyhow::Result<Arc<PolicySet>> {
-    let set = PolicySet::from_yaml(
-        "policies/items.yaml",
-        include_str!("../policies/items.yaml"),
-    )?;
-    Ok(Arc::new(set))
 }
 
 /// The token verifier for `[auth]`, with keys from the issuer and roles from `[rbac]`.
@@ -159,31 +240,68 @@ pub fn verifier(settings: &Settings) -> anyhow::Result<Verifier> {
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The CEL policies.
-    pub policies: Arc<PolicySet>,
+    /// The exchange events are published to (`[queue] exchange`).
+    pub exchange: Arc<str>,
+    /// The roles a membership or an invitation may name (`[rbac.roles]`), sorted.
+    pub roles: Arc<[String]>,
+    /// The pool, for the routes that open their tenant transaction themselves.
+    pub tenants: TenantPool,
 }
 
-/// The service's routes: the items API behind authentication, tenant resolution and a tenant
-/// transaction per request (committed below status 400, rolled back otherwise), and the public
-/// `/openapi.json`.
-pub fn app(verifier: Verifier, tenants: TenantPool, policies: Arc<PolicySet>) -> Router {
-    let items = Router::new()
+impl AppState {
+    /// The state for `exchange`, with the role names of `rbac`.
+    pub fn new(tenants: TenantPool, rbac: &RbacConfig, exchange: &str) -> Self {
+        Self {
+            exchange: exchange.into(),
+            roles: rbac.roles.keys().cloned().collect(),
+            tenants,
+        }
+    }
+}
+
+/// The service's routes (see the crate docs) and the public `/openapi.json`.
+pub fn app(verifier: Verifier, state: AppState) -> Router {
+    let tenant_routes = Router::new()
         .route(
-            &format!("{ROUTE}/items"),
-            post(items::create).get(items::list),
+            &format!("{ROUTE}/workspaces/{{id}}"),
+            get(workspaces::read)
+                .patch(workspaces::update)
+                .delete(workspaces::delete),
         )
         .route(
-            &format!("{ROUTE}/items/{{id}}"),
-            get(items::read).patch(items::update).delete(items::delete),
+            &format!("{ROUTE}/workspaces/{{id}}/members"),
+            get(members::list),
         )
-        .with_state(AppState { policies })
+        .route(
+            &format!("{ROUTE}/workspaces/{{id}}/members/{{user_id}}"),
+            put(members::set_role).delete(members::remove),
+        )
+        .route(
+            &format!("{ROUTE}/workspaces/{{id}}/invitations"),
+            post(invitations::create),
+        )
+        .with_state(state.clone())
         // The last layer added runs first: authenticate, resolve the tenant, then begin.
-        .layer(TenantTxLayer::new(tenants))
+        .layer(TenantTxLayer::new(state.tenants.clone()))
         .layer(TenantLayer::new())
+        .layer(AuthLayer::new(verifier.clone()));
+    // No tenant resolution here: a user who signed up has no workspace (no `tid`) yet, and
+    // someone accepting an invitation is not a member of it yet. Each handler opens the tenant
+    // transaction of the workspace it creates or joins.
+    let tenantless = Router::new()
+        // arq-check-ignore: auth-route-permission reason: any signed-in user may create a workspace
+        .route(&format!("{ROUTE}/workspaces"), post(workspaces::create))
+        // arq-check-ignore: auth-route-permission reason: the invitation code is the authorization
+        .route(
+            &format!("{ROUTE}/invitations/accept"),
+            post(invitations::accept),
+        )
+        .with_state(state)
         .layer(AuthLayer::new(verifier));
     Router::new()
         .route("/openapi.json", get(openapi))
-        .merge(items)
+        .merge(tenant_routes)
+        .merge(tenantless)
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {

@@ -1,0 +1,123 @@
+//! The outbox relay: publishes the events committed to `arq_outbox` ([`crate::events`]) to
+//! RabbitMQ and deletes them, with arq-queue's [`Relay`] (broker confirms; at least once, with
+//! the same envelope id on a rare re-publish).
+//!
+//! It runs in the service's process, beside the HTTP server, on its own database role,
+//! `arq_relay` (`DATABASE_RELAY_URL`): the one role that may read every tenant's outbox rows
+//! (arq-queue's `TENANT_ISOLATION_MIGRATION`) and nothing else. The runtime role only inserts.
+//!
+//! # When RabbitMQ is down
+//! Requests never wait for the broker: an event is a row in the request's transaction, and the
+//! outbox is the buffer. [`run`] connects with [`connect_rabbitmq_retrying`] (backing off, each
+//! failure logged) and, once connected, [`Relay::run`] retries failed rounds the same way.
+//! Readiness deliberately does **not** include the broker: a replica that cannot publish still
+//! serves every request correctly.
+//!
+//! # Who receives what
+//! `membership.*` and `workspace.deleted` go to the auth service's `auth.memberships` queue and
+//! `email.send` to the notifications worker's queue; those services declare their queues, so
+//! start them first (an event nobody's queue is bound to yet is unroutable: the relay keeps it
+//! in the outbox as failed, see arq-queue's `outbox::retry_failed`). The events only other
+//! services may want (`workspace.created`, `workspace.updated`, `invitation.created`) also go
+//! to this service's own events queue, so they are never unroutable.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use arq_core::config::Secret;
+use arq_core::metrics::MetricsRegistry;
+use arq_queue::outbox::Relay;
+use arq_queue::{QueueConfig, QueueMetrics, Topology, connect_rabbitmq_retrying};
+use serde::{Deserialize, Deserializer};
+use sqlx::PgPool;
+
+/// `[queue]`: where events go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// The RabbitMQ URL (`ARQ__QUEUE__URL`); kept secret because it may hold a password.
+    #[serde(deserialize_with = "secret")]
+    pub url: Secret<String>,
+    /// The platform's topic exchange.
+    pub exchange: String,
+    /// Prepended to the name of the queue this service declares.
+    #[serde(default)]
+    pub prefix: String,
+    /// The queue the events no other service may consume are bound to (empty: none).
+    #[serde(default)]
+    pub events_queue: String,
+    /// How long the relay rests when the outbox is empty, in milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub relay_poll_interval_ms: u64,
+}
+
+const fn default_poll_ms() -> u64 {
+    200
+}
+
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret<String>, D::Error> {
+    String::deserialize(d).map(Secret::new)
+}
+
+/// The routing keys bound to the events queue. Not `membership.*` nor `workspace.deleted`:
+/// bound here, they would never be unroutable, and a missing auth queue would go unnoticed.
+pub const OWN_EVENTS: [&str; 3] = [
+    "workspace.created",
+    "workspace.updated",
+    "invitation.created",
+];
+
+impl QueueSettings {
+    /// The events queue's name on the broker, if there is one.
+    pub fn events_queue_name(&self) -> Option<String> {
+        (!self.events_queue.is_empty()).then(|| format!("{}{}", self.prefix, self.events_queue))
+    }
+}
+
+/// What the relay declares: the exchange and the events queue (with its wait and dead-letter
+/// queues, as arq-queue gives every queue).
+pub fn topology(settings: &QueueSettings) -> anyhow::Result<Topology> {
+    let mut topology = Topology::new([settings.exchange.clone()]);
+    if let Some(name) = settings.events_queue_name() {
+        let mut queue = QueueConfig::new(name);
+        for key in OWN_EVENTS {
+            queue = queue.bind(&settings.exchange, key);
+        }
+        topology = topology.queue_config(queue);
+    }
+    topology
+        .validate()
+        .context("[queue]: the exchange or events queue name is not valid")?;
+    Ok(topology)
+}
+
+/// Publishes the outbox until `shutdown` completes: connects to RabbitMQ (retrying while it is
+/// unreachable), declares [`topology`], then runs arq-queue's [`Relay`]. A broker outage is
+/// never an error; see the module docs.
+pub async fn run(
+    pool: PgPool,
+    settings: QueueSettings,
+    registry: MetricsRegistry,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let topology = topology(&settings)?;
+    tokio::pin!(shutdown);
+    let Some(queue) =
+        connect_rabbitmq_retrying(settings.url.expose(), topology, &mut shutdown).await?
+    else {
+        return Ok(());
+    };
+    // Registered once the broker answers; a second registration (a test running the relay twice
+    // in one registry) keeps the first.
+    let queue = match QueueMetrics::register(&registry) {
+        Ok(metrics) => queue.with_metrics(metrics),
+        Err(_) => queue,
+    };
+    tracing::info!(exchange = %settings.exchange, "outbox relay connected to RabbitMQ");
+    Relay::new(pool, queue)
+        .poll_interval(Duration::from_millis(settings.relay_poll_interval_ms))
+        .run(shutdown)
+        .await?;
+    Ok(())
+}
