@@ -1,17 +1,23 @@
 //! The projects service, shared by `main` and the tests.
 //!
-//! [`app`] serves an example tenant-scoped resource, items, under `/projects/items`:
-//! create, read, update, delete and a paginated list, behind bearer-token authentication
-//! ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` in the configuration, a CEL policy
-//! (`policies/items.yaml`) and a transaction per request scoped to the caller's tenant by
-//! PostgreSQL row-level security ([`arq_tenancy`]). `/openapi.json` describes the API.
+//! [`app`] serves a tenant's projects under `/projects/projects` ([`projects`]): a hierarchy
+//! (each project has at most one parent, [`hierarchy`] keeps it acyclic and serves subtrees),
+//! free-form `metadata`, and a history of versions ([`versions`]). Every change bumps the
+//! project's `version`, which is its strong ETag: updates and deletes must name the version they
+//! were made against (`If-Match`, [`etag`]), so a stale write is refused (412) instead of
+//! silently overwriting someone else's change. Requests pass bearer-token authentication
+//! ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` (read:projects, write:projects,
+//! manage:projects), and run in a transaction scoped to the caller's tenant by PostgreSQL
+//! row-level security ([`arq_tenancy`]). Each change writes its events to the transactional
+//! outbox ([`events`]) in that transaction; [`relay`] publishes them to RabbitMQ.
+//! `/openapi.json` describes the API.
+
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arq_auth::policy::PolicySet;
 use arq_auth::{
     AuthLayer, JwksUrl, KeyRing, OidcDiscovery, Rbac, RbacConfig, Verifier, VerifierConfig,
 };
@@ -20,15 +26,22 @@ use arq_core::edge::{EdgeService, EdgeStack};
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::with_operational_routes;
-use arq_tenancy::{TenantLayer, TenantPool, TenantTxLayer};
+use arq_tenancy::{DbConfig, TenantLayer, TenantPool, TenantTxLayer};
 use axum::Router;
 use axum::http::header;
 use axum::routing::{get, post};
 use serde::Deserialize;
-use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, SqlSafeStr};
+use std::sync::Arc;
 
-pub mod items;
+pub mod etag;
+pub mod events;
+pub mod hierarchy;
+pub mod projects;
+pub mod relay;
+pub mod versions;
 
 /// The service's name.
 pub const NAME: &str = "projects";
@@ -58,6 +71,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[rbac]`: roles and their permissions.
     pub rbac: RbacConfig,
+    /// `[queue]`: where events are published.
+    pub queue: relay::QueueSettings,
 }
 
 /// `[database]`. The URL itself (with its password) comes from `DATABASE_URL`.
@@ -66,6 +81,28 @@ pub struct Settings {
 pub struct DatabaseSettings {
     /// The size of the connection pool.
     pub max_connections: u32,
+}
+
+/// The runtime pool (`url` connects as the runtime role), through arq-tenancy's [`DbConfig`]:
+/// its acquire and statement timeouts, `db_query_duration_seconds` by statement, the slow-query
+/// log and the pool gauges. Before the pool is built, the start-up audit runs on one connection
+/// as the same role, as [`TenantPool::checked`] does: the service refuses to start on a
+/// database that would not isolate tenants.
+pub async fn connect_tenants(
+    url: String,
+    database: &DatabaseSettings,
+) -> anyhow::Result<TenantPool> {
+    let config = DbConfig::new(url).max_connections(database.max_connections);
+    let options = config.connect_options(&config.url, "primary")?;
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    arq_tenancy::audit::ensure_safe(&mut conn).await?;
+    conn.close().await.context("closing the audit connection")?;
+    config
+        .connect()
+        .await
+        .context("cannot connect to PostgreSQL")
 }
 
 /// `[auth]`: which access tokens the service accepts.
@@ -115,30 +152,43 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
         database: layers.section("database").context("[database]")?,
         auth: layers.section("auth").context("[auth]")?,
         rbac: layers.section("rbac").context("[rbac]")?,
+        queue: layers.section("queue").context("[queue]")?,
     })
 }
 
 /// The migrations, to run as the owner role: arq-tenancy's support migration
-/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then `migrations/*.sql`.
+/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then the projects and their
+/// history (`migrations/0001_projects.sql`), then arq-queue's outbox table and its tenant
+/// isolation.
 pub fn migrator() -> Migrator {
     let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
-    migrations.push(Migration::new(
-        20_260_101_000_001,
-        "items".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_items.sql").into_sql_str(),
-        false,
-    ));
+    let ours = [
+        (
+            20_260_101_000_001,
+            "projects",
+            include_str!("../migrations/0001_projects.sql"),
+        ),
+        (
+            20_260_101_000_002,
+            "arq_outbox",
+            arq_queue::outbox::MIGRATION,
+        ),
+        (
+            20_260_101_000_003,
+            "outbox isolation",
+            include_str!("../migrations/0002_outbox.sql"),
+        ),
+    ];
+    for (version, name, sql) in ours {
+        migrations.push(Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        ));
+    }
     Migrator::with_migrations(migrations)
-}
-
-/// The CEL policies, compiled into the binary so that a deployed service cannot run without them.
-pub fn policies() -> anyhow::Result<Arc<PolicySet>> {
-    let set = PolicySet::from_yaml(
-        "policies/items.yaml",
-        include_str!("../policies/items.yaml"),
-    )?;
-    Ok(Arc::new(set))
 }
 
 /// The token verifier for `[auth]`, with keys from the issuer and roles from `[rbac]`.
@@ -159,31 +209,47 @@ pub fn verifier(settings: &Settings) -> anyhow::Result<Verifier> {
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The CEL policies.
-    pub policies: Arc<PolicySet>,
+    /// The exchange events are published to (`[queue] exchange`).
+    pub exchange: Arc<str>,
 }
 
-/// The service's routes: the items API behind authentication, tenant resolution and a tenant
+/// The service's routes: the projects API behind authentication, tenant resolution and a tenant
 /// transaction per request (committed below status 400, rolled back otherwise), and the public
-/// `/openapi.json`.
-pub fn app(verifier: Verifier, tenants: TenantPool, policies: Arc<PolicySet>) -> Router {
-    let items = Router::new()
+/// `/openapi.json`. Events go to the outbox for `exchange`.
+pub fn app(verifier: Verifier, tenants: TenantPool, exchange: &str) -> Router {
+    let api = Router::new()
         .route(
-            &format!("{ROUTE}/items"),
-            post(items::create).get(items::list),
+            &format!("{ROUTE}/projects"),
+            post(projects::create).get(projects::list),
         )
         .route(
-            &format!("{ROUTE}/items/{{id}}"),
-            get(items::read).patch(items::update).delete(items::delete),
+            &format!("{ROUTE}/projects/{{id}}"),
+            get(projects::read)
+                .patch(projects::update)
+                .delete(projects::delete),
         )
-        .with_state(AppState { policies })
+        .route(
+            &format!("{ROUTE}/projects/{{id}}/tree"),
+            get(hierarchy::tree),
+        )
+        .route(
+            &format!("{ROUTE}/projects/{{id}}/versions"),
+            get(versions::list),
+        )
+        .route(
+            &format!("{ROUTE}/projects/{{id}}/versions/{{version}}"),
+            get(versions::read),
+        )
+        .with_state(AppState {
+            exchange: exchange.into(),
+        })
         // The last layer added runs first: authenticate, resolve the tenant, then begin.
         .layer(TenantTxLayer::new(tenants))
         .layer(TenantLayer::new())
         .layer(AuthLayer::new(verifier));
     Router::new()
         .route("/openapi.json", get(openapi))
-        .merge(items)
+        .merge(api)
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {

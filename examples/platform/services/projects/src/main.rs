@@ -3,7 +3,9 @@
 //!
 //! `projects migrate` runs the migrations instead, connected as the owner role
 //! (`DATABASE_OWNER_URL`); serving connects as the runtime role (`DATABASE_URL`) and refuses to
-//! start on a database that would not isolate tenants.
+//! start on a database that would not isolate tenants. The outbox relay runs beside the server,
+//! connected as the relay role (`DATABASE_RELAY_URL`), and publishes events to RabbitMQ
+//! (`[queue]`); it stops after the server has drained.
 
 use std::process::ExitCode;
 
@@ -11,7 +13,6 @@ use anyhow::Context;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::{Server, shutdown_signal};
-use arq_tenancy::TenantPool;
 use sqlx::postgres::PgPoolOptions;
 
 use projects as svc;
@@ -31,7 +32,12 @@ async fn main() -> ExitCode {
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("set {name} to the PostgreSQL URL"))
+    std::env::var(name).with_context(|| match name {
+        "DATABASE_RELAY_URL" => format!(
+            "set {name} to the PostgreSQL URL of the outbox relay role (arq_relay, created by services/projects/sql/relay-role.sql)"
+        ),
+        _ => format!("set {name} to the PostgreSQL URL"),
+    })
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -43,19 +49,25 @@ async fn run() -> anyhow::Result<()> {
             .connect(&env("DATABASE_OWNER_URL")?)
             .await
             .context("cannot connect as the owner role")?;
+        svc::relay::require_relay_role(&owner).await?;
         svc::migrator().run(&owner).await?;
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
-        .connect(&env("DATABASE_URL")?)
-        .await
-        .context("cannot connect to PostgreSQL")?;
     // Refuses to start if the runtime role could read another tenant's rows.
-    let tenants = TenantPool::checked(pool).await?;
-    let router = svc::app(svc::verifier(&settings)?, tenants, svc::policies()?);
+    let tenants = svc::connect_tenants(env("DATABASE_URL")?, &settings.database).await?;
+    let router = svc::app(svc::verifier(&settings)?, tenants, &settings.queue.exchange);
     let registry = MetricsRegistry::global().clone();
+    let relay_pool = svc::relay::connect_pool(&env("DATABASE_RELAY_URL")?).await?;
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(svc::relay::run(
+        relay_pool,
+        settings.queue.clone(),
+        registry.clone(),
+        async move {
+            let _ = relay_stopped.await;
+        },
+    ));
     let health = Health::from_config(&settings.arq.health);
     let service = svc::service(router, &settings.arq, &registry, &health)?;
     let server = Server::bind(&settings.arq.server, health).await?;
@@ -65,6 +77,17 @@ async fn run() -> anyhow::Result<()> {
         println!("{} listening on http://{}", svc::NAME, server.local_addr());
     }
     let outcome = server.serve(service, shutdown_signal()).await;
+    // The relay finishes its round (publish, then delete) before it stops; a round cut short
+    // would only publish its rows again on the next start.
+    let _ = stop_relay.send(());
+    match tokio::time::timeout(settings.arq.server.shutdown_timeout, relay).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the outbox relay failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the outbox relay task panicked"),
+        Err(_) => tracing::warn!(
+            "the outbox relay did not stop in time; unpublished events stay in the outbox"
+        ),
+    }
     tracing::info!(?outcome, "stopped");
     Ok(())
 }

@@ -1,0 +1,318 @@
+//! What the integration tests share: a database of their own on the real PostgreSQL
+//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test) created by the
+//! administrator, migrated as `arq_owner`, served as `arq_app` and relayed as `arq_relay` (the
+//! roles of arq-tenancy's `sql/roles.sql` and this service's `sql/relay-role.sql`), dropped at
+//! the end; and the API in-process (`oneshot`), with tokens signed by a test-only key
+//! (`tests/keys/`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    dead_code,
+    reason = "tests; each test binary uses part of this module"
+)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
+use arq_core::TenantId;
+use arq_core::testing::{TestService, require};
+use arq_tenancy::TenantPool;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgPool};
+use tower::ServiceExt;
+
+use ::projects as svc;
+
+pub use svc::ROUTE;
+
+/// A database of its own, dropped when the test ends (also when it fails).
+pub struct TestDb {
+    pub name: String,
+    pub admin: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn new() -> (Self, TenantPool) {
+        // Panics with a message naming the URL and how to start PostgreSQL when it is unreachable.
+        let url = require(TestService::Postgres);
+        let admin = PgConnectOptions::from_str(&url).unwrap();
+        let name = format!("{}_test_{}", svc::NAME, uuid::Uuid::new_v4().simple());
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("connect to PostgreSQL as its administrator");
+        // The relay role, as an administrator creates it (idempotent; the DO block may race
+        // with another test binary's, which is harmless once the role exists).
+        let role = include_str!("../../sql/relay-role.sql");
+        if let Err(e) = sqlx::raw_sql(role).execute(&mut conn).await {
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_relay')",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert!(exists, "creating arq_relay failed: {e}");
+        }
+        conn.execute(AssertSqlSafe(format!(
+            "CREATE DATABASE {name} OWNER arq_owner"
+        )))
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let db = Self { name, admin };
+        let owner = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(db.role("arq_owner"))
+            .await
+            .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)");
+        svc::migrator().run(&owner).await.unwrap();
+        owner.close().await;
+        // The pool `main` builds, after the same start-up audit: the database must isolate
+        // tenants.
+        let tenants = svc::connect_tenants(
+            db.url("arq_app"),
+            &svc::DatabaseSettings { max_connections: 8 },
+        )
+        .await
+        .expect("connect as arq_app");
+        (db, tenants)
+    }
+
+    /// Connection options for `role` (whose password is its name, as in development).
+    pub fn role(&self, role: &str) -> PgConnectOptions {
+        self.admin
+            .clone()
+            .username(role)
+            .password(role)
+            .database(&self.name)
+    }
+
+    /// The URL of this database for `role`.
+    pub fn url(&self, role: &str) -> String {
+        let o = &self.admin;
+        format!(
+            "postgres://{role}:{role}@{}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            self.name
+        )
+    }
+
+    /// A pool connected as `arq_relay`, checked as `main` checks it.
+    pub async fn relay_pool(&self) -> PgPool {
+        svc::relay::connect_pool(&self.url("arq_relay"))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; drop the database from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = admin.connect().await {
+                    let _ = conn
+                        .execute(AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct Api {
+    pub app: Router,
+    pub tenants: TenantPool,
+    pub settings: svc::Settings,
+    keys: SigningKeyRing,
+    pub db: TestDb,
+}
+
+impl Api {
+    pub async fn new() -> Self {
+        Self::with_exchange(None).await
+    }
+
+    /// The API publishing to `exchange` (default: the configured one).
+    pub async fn with_exchange(exchange: Option<&str>) -> Self {
+        let (db, tenants) = TestDb::new().await;
+        let mut settings = svc::load_settings().unwrap();
+        if let Some(e) = exchange {
+            settings.queue.exchange = e.to_owned();
+        }
+        let pem = include_bytes!("../keys/test-signing-key.pem");
+        let keys = SigningKeyRing::new(SigningKey::from_rsa_pem("test-key", pem).unwrap());
+        let ring = KeyRing::new(StaticJwks(keys.jwks()), std::time::Duration::from_secs(30));
+        let verifier = Verifier::with_rbac(
+            settings.auth.verifier_config().unwrap(),
+            Arc::new(ring),
+            Arc::new(Rbac::from_config(&settings.rbac).unwrap()),
+        )
+        .unwrap();
+        let app = svc::app(verifier, tenants.clone(), &settings.queue.exchange);
+        Self {
+            app,
+            tenants,
+            settings,
+            keys,
+            db,
+        }
+    }
+
+    pub fn token(&self, subject: &str, tenant: TenantId, role: &str) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = AccessClaims::new(
+            &self.settings.auth.issuer,
+            subject,
+            &self.settings.auth.audience,
+            now,
+            300,
+        )
+        .with_tenant(tenant)
+        .with_roles([role]);
+        self.keys.sign(&claims).unwrap()
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let (status, _, value) = self.send(method, uri, token, &[], body).await;
+        (status, value)
+    }
+
+    /// Sends a request with extra `headers`; returns the status, the response headers and the
+    /// body (JSON when it parses, else a string; `Null` when empty).
+    pub async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, headers, value)
+    }
+
+    /// Creates a project as `token`; panics unless 201.
+    pub async fn create(&self, token: &str, body: Value) -> Value {
+        let (status, created) = self
+            .call("POST", &projects(), Some(token), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created
+    }
+
+    /// PATCHes project `id` with `If-Match: "version"`.
+    pub async fn patch(
+        &self,
+        token: &str,
+        id: &Value,
+        version: i64,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let tag = format!("\"{version}\"");
+        let (status, _, value) = self
+            .send(
+                "PATCH",
+                &project(id),
+                Some(token),
+                &[("if-match", &tag)],
+                Some(body),
+            )
+            .await;
+        (status, value)
+    }
+
+    /// DELETEs `uri` (a project, maybe with `?recursive=true`) with `If-Match: "version"`.
+    pub async fn delete(&self, token: &str, uri: &str, version: i64) -> (StatusCode, Value) {
+        let tag = format!("\"{version}\"");
+        let (status, _, value) = self
+            .send("DELETE", uri, Some(token), &[("if-match", &tag)], None)
+            .await;
+        (status, value)
+    }
+
+    /// The outbox rows as `(tenant_id, routing_key, payload)`, oldest first, read as the relay
+    /// role.
+    pub async fn outbox(&self) -> Vec<(uuid::Uuid, String, Value)> {
+        let pool = self.db.relay_pool().await;
+        let rows: Vec<(uuid::Uuid, String, Vec<u8>)> =
+            sqlx::query_as("SELECT tenant_id, routing_key, envelope FROM arq_outbox ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        rows.into_iter()
+            .map(|(t, k, e)| {
+                let envelope = arq_queue::Envelope::decode(&e).unwrap();
+                assert_eq!(
+                    envelope.tenant.map(|x| x.to_string()),
+                    Some(t.to_string()),
+                    "the envelope names the row's tenant"
+                );
+                let payload = serde_json::from_slice(&envelope.payload.to_json().unwrap()).unwrap();
+                (t, k, payload)
+            })
+            .collect()
+    }
+}
+
+pub fn tenant() -> TenantId {
+    uuid::Uuid::new_v4().to_string().parse().unwrap()
+}
+
+pub fn projects() -> String {
+    format!("{ROUTE}/projects")
+}
+
+pub fn project(id: &Value) -> String {
+    format!("{ROUTE}/projects/{}", id.as_str().unwrap())
+}
