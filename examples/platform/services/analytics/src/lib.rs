@@ -1,17 +1,28 @@
 //! The analytics service, shared by `main` and the tests.
 //!
-//! [`app`] serves an example tenant-scoped resource, items, under `/analytics/items`:
-//! create, read, update, delete and a paginated list, behind bearer-token authentication
-//! ([`arq_auth::AuthLayer`]), RBAC permissions from `[rbac]` in the configuration, a CEL policy
-//! (`policies/items.yaml`) and a transaction per request scoped to the caller's tenant by
-//! PostgreSQL row-level security ([`arq_tenancy`]). `/openapi.json` describes the API.
+//! It consumes the domain events the other services publish through their transactional outboxes
+//! (`task.*`, `project.*`, `workspace.*`, `membership.*`, `user.*`, `invitation.*`) and counts
+//! them per tenant, per day and per type ([`events`]: idempotent by message id, a redelivery
+//! changes nothing; `workspace.created` also records the tenant). Reports over a range of days
+//! are requested through the API and generated asynchronously ([`reports`]): the request writes
+//! the report row and a `report.generate` message to the outbox in one transaction, the relay
+//! publishes it ([`queue`]), and the `report.generate` consumer (prefetch 5, concurrency 5)
+//! computes the result. The raw counts are served by [`daily`].
+//!
+//! [`app`] serves `/analytics/reports` and `/analytics/daily` behind bearer-token
+//! authentication ([`arq_auth::AuthLayer`]), the RBAC permission `read:analytics` from `[rbac]`,
+//! and tenant resolution. Writes run in a transaction scoped to the caller's tenant by
+//! PostgreSQL row-level security ([`arq_tenancy`]); reads run in a read-only tenant transaction,
+//! on the read replica when `DATABASE_REPLICA_URL` is set and it answers
+//! ([`TenantPool::begin_read_only`]). `/openapi.json` describes the API.
+
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arq_auth::policy::PolicySet;
 use arq_auth::{
     AuthLayer, JwksUrl, KeyRing, OidcDiscovery, Rbac, RbacConfig, Verifier, VerifierConfig,
 };
@@ -20,15 +31,20 @@ use arq_core::edge::{EdgeService, EdgeStack};
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::with_operational_routes;
-use arq_tenancy::{TenantLayer, TenantPool, TenantTxLayer};
+use arq_tenancy::{DbConfig, TenantLayer, TenantPool, TenantTxLayer};
 use axum::Router;
 use axum::http::header;
 use axum::routing::{get, post};
 use serde::Deserialize;
-use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, SqlSafeStr};
 
-pub mod items;
+pub mod daily;
+pub mod events;
+pub mod queue;
+pub mod range;
+pub mod reports;
 
 /// The service's name.
 pub const NAME: &str = "analytics";
@@ -58,14 +74,79 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[rbac]`: roles and their permissions.
     pub rbac: RbacConfig,
+    /// `[queue]`: the broker, the queues this service consumes, the relay.
+    pub queue: queue::QueueSettings,
 }
 
-/// `[database]`. The URL itself (with its password) comes from `DATABASE_URL`.
+/// `[database]`. The URLs themselves (with their passwords) come from `DATABASE_URL` and,
+/// optionally, `DATABASE_REPLICA_URL`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// The size of the connection pool.
+    /// The size of the connection pool (and of the replica's pool).
     pub max_connections: u32,
+    /// How long a read waits for a replica connection before it runs on the primary, in
+    /// milliseconds.
+    #[serde(default = "default_replica_acquire_timeout_ms")]
+    pub replica_acquire_timeout_ms: u64,
+    /// After the replica failed, how long reads go straight to the primary before the replica
+    /// is tried again, in milliseconds.
+    #[serde(default = "default_replica_retry_after_ms")]
+    pub replica_retry_after_ms: u64,
+}
+
+const fn default_replica_acquire_timeout_ms() -> u64 {
+    1000
+}
+
+const fn default_replica_retry_after_ms() -> u64 {
+    5000
+}
+
+impl DatabaseSettings {
+    /// `max_connections` with the replica defaults.
+    pub fn new(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            replica_acquire_timeout_ms: default_replica_acquire_timeout_ms(),
+            replica_retry_after_ms: default_replica_retry_after_ms(),
+        }
+    }
+}
+
+/// The runtime pool (`url` connects as the runtime role), through arq-tenancy's [`DbConfig`]:
+/// its acquire and statement timeouts, `db_query_duration_seconds` by statement, the slow-query
+/// log and the pool gauges. With `replica_url`, read-only tenant transactions
+/// ([`TenantPool::begin_read_only`]) run on the replica while it answers and on the primary
+/// otherwise; the replica is connected lazily, so an unreachable replica never stops the
+/// service. Before the pool is built, the start-up audit runs on one connection to the primary
+/// as the same role, as [`TenantPool::checked`] does: the service refuses to start on a
+/// database that would not isolate tenants (a replica is a copy of the primary, roles and
+/// policies included).
+pub async fn connect_tenants(
+    url: String,
+    replica_url: Option<String>,
+    database: &DatabaseSettings,
+) -> anyhow::Result<TenantPool> {
+    let mut config = DbConfig::new(url)
+        .max_connections(database.max_connections)
+        .replica_failover(
+            Duration::from_millis(database.replica_acquire_timeout_ms),
+            Duration::from_millis(database.replica_retry_after_ms),
+        );
+    if let Some(replica) = replica_url {
+        config = config.replica_url(replica);
+    }
+    let options = config.connect_options(&config.url, "primary")?;
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    arq_tenancy::audit::ensure_safe(&mut conn).await?;
+    conn.close().await.context("closing the audit connection")?;
+    config
+        .connect()
+        .await
+        .context("cannot connect to PostgreSQL")
 }
 
 /// `[auth]`: which access tokens the service accepts.
@@ -115,30 +196,43 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
         database: layers.section("database").context("[database]")?,
         auth: layers.section("auth").context("[auth]")?,
         rbac: layers.section("rbac").context("[rbac]")?,
+        queue: layers.section("queue").context("[queue]")?,
     })
 }
 
 /// The migrations, to run as the owner role: arq-tenancy's support migration
-/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then `migrations/*.sql`.
+/// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then `migrations/0001_analytics.sql`,
+/// then arq-queue's outbox table and its tenant isolation (which needs the relay role
+/// `arq_relay`; `analytics migrate` checks that it exists first).
 pub fn migrator() -> Migrator {
     let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
-    migrations.push(Migration::new(
-        20_260_101_000_001,
-        "items".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_items.sql").into_sql_str(),
-        false,
-    ));
+    let ours = [
+        (
+            20_260_101_000_001,
+            "analytics",
+            include_str!("../migrations/0001_analytics.sql"),
+        ),
+        (
+            20_260_101_000_002,
+            "arq_outbox",
+            arq_queue::outbox::MIGRATION,
+        ),
+        (
+            20_260_101_000_003,
+            "outbox isolation",
+            arq_queue::outbox::TENANT_ISOLATION_MIGRATION,
+        ),
+    ];
+    for (version, name, sql) in ours {
+        migrations.push(Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        ));
+    }
     Migrator::with_migrations(migrations)
-}
-
-/// The CEL policies, compiled into the binary so that a deployed service cannot run without them.
-pub fn policies() -> anyhow::Result<Arc<PolicySet>> {
-    let set = PolicySet::from_yaml(
-        "policies/items.yaml",
-        include_str!("../policies/items.yaml"),
-    )?;
-    Ok(Arc::new(set))
 }
 
 /// The token verifier for `[auth]`, with keys from the issuer and roles from `[rbac]`.
@@ -159,31 +253,36 @@ pub fn verifier(settings: &Settings) -> anyhow::Result<Verifier> {
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The CEL policies.
-    pub policies: Arc<PolicySet>,
+    /// The runtime pool: read handlers open their read-only transactions on it (replica first).
+    pub tenants: TenantPool,
+    /// The exchange `report.generate` messages are published to (`[queue] exchange`).
+    pub exchange: Arc<str>,
 }
 
-/// The service's routes: the items API behind authentication, tenant resolution and a tenant
-/// transaction per request (committed below status 400, rolled back otherwise), and the public
-/// `/openapi.json`.
-pub fn app(verifier: Verifier, tenants: TenantPool, policies: Arc<PolicySet>) -> Router {
-    let items = Router::new()
+/// The service's routes: the analytics API behind authentication, tenant resolution and a
+/// tenant transaction per writing request (committed below status 400, rolled back otherwise;
+/// reading handlers open their own read-only transaction instead), and the public
+/// `/openapi.json`. Report requests go to the outbox for `exchange`.
+pub fn app(verifier: Verifier, tenants: TenantPool, exchange: &str) -> Router {
+    let api = Router::new()
         .route(
-            &format!("{ROUTE}/items"),
-            post(items::create).get(items::list),
+            &format!("{ROUTE}/reports"),
+            post(reports::create).get(reports::list),
         )
-        .route(
-            &format!("{ROUTE}/items/{{id}}"),
-            get(items::read).patch(items::update).delete(items::delete),
-        )
-        .with_state(AppState { policies })
-        // The last layer added runs first: authenticate, resolve the tenant, then begin.
+        .route(&format!("{ROUTE}/reports/{{id}}"), get(reports::read))
+        .route(&format!("{ROUTE}/daily"), get(daily::read))
+        .with_state(AppState {
+            tenants: tenants.clone(),
+            exchange: exchange.into(),
+        })
+        // The last layer added runs first: authenticate, resolve the tenant, then begin (only
+        // when a handler extracts a TenantTx).
         .layer(TenantTxLayer::new(tenants))
         .layer(TenantLayer::new())
         .layer(AuthLayer::new(verifier));
     Router::new()
         .route("/openapi.json", get(openapi))
-        .merge(items)
+        .merge(api)
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {

@@ -1,18 +1,24 @@
 //! Runs the analytics service from its configuration (`config/`, `ARQ__SECTION__KEY`
-//! variables) until SIGTERM or Ctrl-C, then drains in-flight requests and exits.
+//! variables) until SIGTERM or Ctrl-C, then drains in-flight requests, stops the consumers and
+//! the relay, and exits.
 //!
 //! `analytics migrate` runs the migrations instead, connected as the owner role
-//! (`DATABASE_OWNER_URL`); serving connects as the runtime role (`DATABASE_URL`) and refuses to
-//! start on a database that would not isolate tenants.
+//! (`DATABASE_OWNER_URL`), after checking that the outbox relay role exists. Serving connects
+//! as the runtime role (`DATABASE_URL`, and `DATABASE_REPLICA_URL` for reads when set) and
+//! refuses to start on a database that would not isolate tenants. Beside the server run the
+//! domain events consumer, the `report.generate` consumer and the outbox relay (connected as
+//! the relay role, `DATABASE_RELAY_URL`); none of them keeps the API from serving while
+//! RabbitMQ is down.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::{Server, shutdown_signal};
-use arq_tenancy::TenantPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
 
 use analytics as svc;
 
@@ -31,31 +37,101 @@ async fn main() -> ExitCode {
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("set {name} to the PostgreSQL URL"))
+    std::env::var(name).with_context(|| match name {
+        "DATABASE_RELAY_URL" => format!(
+            "set {name} to the PostgreSQL URL of the outbox relay role (arq_relay; its SQL is \
+             arq_queue::outbox::RELAY_ROLE_SQL)"
+        ),
+        _ => format!("set {name} to the PostgreSQL URL"),
+    })
+}
+
+/// An optional URL: unset or empty means none.
+fn optional_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Runs `task` in the background, logging at once if it fails (the API keeps serving).
+fn spawn(
+    what: &'static str,
+    task: impl Future<Output = Result<(), arq_queue::QueueError>> + Send + 'static,
+) -> (&'static str, JoinHandle<()>) {
+    let handle = tokio::spawn(async move {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "{what} stopped; the API keeps serving without it");
+        }
+    });
+    (what, handle)
 }
 
 async fn run() -> anyhow::Result<()> {
     let settings = svc::load_settings()?;
     arq_core::telemetry::init(&settings.arq.telemetry)?;
+    settings
+        .queue
+        .validate()
+        .context("[queue]: an exchange or queue name is not valid")?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         let owner = PgPoolOptions::new()
             .max_connections(1)
             .connect(&env("DATABASE_OWNER_URL")?)
             .await
             .context("cannot connect as the owner role")?;
+        arq_queue::outbox::require_relay_role(&owner).await?;
         svc::migrator().run(&owner).await?;
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
-        .connect(&env("DATABASE_URL")?)
-        .await
-        .context("cannot connect to PostgreSQL")?;
+    let replica = optional_env("DATABASE_REPLICA_URL");
+    if replica.is_some() {
+        tracing::info!("reads use the replica (DATABASE_REPLICA_URL) while it answers");
+    }
     // Refuses to start if the runtime role could read another tenant's rows.
-    let tenants = TenantPool::checked(pool).await?;
-    let router = svc::app(svc::verifier(&settings)?, tenants, svc::policies()?);
+    let tenants = svc::connect_tenants(env("DATABASE_URL")?, replica, &settings.database).await?;
+    let relay_pool = arq_queue::outbox::connect_relay_pool(&env("DATABASE_RELAY_URL")?).await?;
+    let router = svc::app(
+        svc::verifier(&settings)?,
+        tenants.clone(),
+        &settings.queue.exchange,
+    );
     let registry = MetricsRegistry::global().clone();
+
+    // One shutdown signal for the three background tasks: a watch whose sender is dropped (or
+    // used) after the server has drained.
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let signal = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+        }
+    };
+    let drain = settings.arq.server.shutdown_timeout;
+    let tasks = [
+        spawn(
+            "the events consumer",
+            svc::queue::run_events(settings.queue.clone(), tenants.clone(), signal()),
+        ),
+        spawn(
+            "the report.generate consumer",
+            svc::queue::run_reports(
+                settings.queue.clone(),
+                tenants.clone(),
+                registry.clone(),
+                drain,
+                signal(),
+            ),
+        ),
+        spawn(
+            "the outbox relay",
+            svc::queue::run_relay(
+                relay_pool,
+                settings.queue.clone(),
+                registry.clone(),
+                signal(),
+            ),
+        ),
+    ];
+
     let health = Health::from_config(&settings.arq.health);
     let service = svc::service(router, &settings.arq, &registry, &health)?;
     let server = Server::bind(&settings.arq.server, health).await?;
@@ -65,6 +141,16 @@ async fn run() -> anyhow::Result<()> {
         println!("{} listening on http://{}", svc::NAME, server.local_addr());
     }
     let outcome = server.serve(service, shutdown_signal()).await;
+    // The consumers finish the messages in hand (unfinished ones are redelivered later) and
+    // the relay its round (a round cut short only publishes its rows again on the next start).
+    drop(stop);
+    for (what, task) in tasks {
+        match tokio::time::timeout(drain, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "{what} panicked"),
+            Err(_) => tracing::warn!("{what} did not stop in time"),
+        }
+    }
     tracing::info!(?outcome, "stopped");
     Ok(())
 }

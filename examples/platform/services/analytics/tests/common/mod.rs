@@ -1,0 +1,385 @@
+//! What the integration tests share: databases of their own on the real PostgreSQL
+//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test) created by the
+//! administrator, migrated as `arq_owner`, served as `arq_app` and relayed as `arq_relay`,
+//! dropped at the end; the API in-process (`oneshot`), with tokens signed by a test-only key
+//! (`tests/keys/`); and, for the tests that use RabbitMQ (`ARQ_TEST_AMQP_URL`), settings whose
+//! exchange and queue prefix are unique to the test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    reason = "tests; each test binary uses part of this module"
+)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
+use arq_core::TenantId;
+use arq_core::testing::{TestService, require};
+use arq_queue::{Envelope, Payload};
+use arq_tenancy::TenantPool;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgPool};
+use tower::ServiceExt;
+
+use ::analytics as svc;
+
+pub use svc::ROUTE;
+
+/// A database of its own, migrated, dropped when the test ends (also when it fails).
+pub struct TestDb {
+    pub name: String,
+    pub admin: PgConnectOptions,
+}
+
+impl TestDb {
+    /// A new migrated database.
+    pub async fn create() -> Self {
+        // Panics with a message naming the URL and how to start PostgreSQL when it is unreachable.
+        let url = require(TestService::Postgres);
+        let admin = PgConnectOptions::from_str(&url).unwrap();
+        let name = format!("{}_test_{}", svc::NAME, uuid::Uuid::new_v4().simple());
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("connect to PostgreSQL as its administrator");
+        // The relay role, as an administrator creates it (idempotent; the DO block may race
+        // with another test binary's, which is harmless once the role exists).
+        if let Err(e) = sqlx::raw_sql(arq_queue::outbox::RELAY_ROLE_SQL)
+            .execute(&mut conn)
+            .await
+        {
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_relay')",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert!(exists, "creating arq_relay failed: {e}");
+        }
+        conn.execute(AssertSqlSafe(format!(
+            "CREATE DATABASE {name} OWNER arq_owner"
+        )))
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let db = Self { name, admin };
+        let owner = db.owner_pool().await;
+        arq_queue::outbox::require_relay_role(&owner).await.unwrap();
+        svc::migrator().run(&owner).await.unwrap();
+        owner.close().await;
+        db
+    }
+
+    /// A new database and the runtime pool `main` builds on it (after the same start-up audit).
+    pub async fn new() -> (Self, TenantPool) {
+        let db = Self::create().await;
+        let tenants = db.tenants(None).await;
+        (db, tenants)
+    }
+
+    /// The runtime pool on this database, reading from `replica` when given.
+    pub async fn tenants(&self, replica: Option<String>) -> TenantPool {
+        let mut database = svc::DatabaseSettings::new(8);
+        // A replica that does not answer is retried on every read: the tests look at each read.
+        database.replica_retry_after_ms = 0;
+        database.replica_acquire_timeout_ms = 500;
+        svc::connect_tenants(self.url("arq_app"), replica, &database)
+            .await
+            .expect("connect as arq_app")
+    }
+
+    /// A pool connected as the owner role, which runs the migrations.
+    pub async fn owner_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(self.role("arq_owner"))
+            .await
+            .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)")
+    }
+
+    /// A pool connected as the administrator (a superuser: row-level security does not apply),
+    /// to look at every tenant's rows or to write a replica's rows directly.
+    pub async fn superuser(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(self.admin.clone().database(&self.name))
+            .await
+            .unwrap()
+    }
+
+    /// Connection options for `role` (whose password is its name, as in development).
+    pub fn role(&self, role: &str) -> PgConnectOptions {
+        self.admin
+            .clone()
+            .username(role)
+            .password(role)
+            .database(&self.name)
+    }
+
+    /// The URL of this database for `role`.
+    pub fn url(&self, role: &str) -> String {
+        let o = &self.admin;
+        format!(
+            "postgres://{role}:{role}@{}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            self.name
+        )
+    }
+
+    /// A pool connected as `arq_relay`, checked as `main` checks it.
+    pub async fn relay_pool(&self) -> PgPool {
+        arq_queue::outbox::connect_relay_pool(&self.url("arq_relay"))
+            .await
+            .unwrap()
+    }
+
+    /// `(tenant, day, type, count)` of every tenant, ordered.
+    pub async fn counts(&self) -> Vec<(uuid::Uuid, chrono::NaiveDate, String, i64)> {
+        let pool = self.superuser().await;
+        let rows = sqlx::query_as(
+            "SELECT tenant_id, day, event_type, count FROM daily_event_counts \
+             ORDER BY tenant_id, day, event_type",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows
+    }
+
+    /// How many rows `table` has, over every tenant.
+    pub async fn rows(&self, table: &str) -> i64 {
+        let pool = self.superuser().await;
+        let n = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; drop the database from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = admin.connect().await {
+                    let _ = conn
+                        .execute(AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The API in-process on a database of its own.
+pub struct Api {
+    pub app: Router,
+    pub tenants: TenantPool,
+    pub settings: svc::Settings,
+    keys: SigningKeyRing,
+    pub db: TestDb,
+}
+
+impl Api {
+    /// The API with the configured settings.
+    pub async fn new() -> Self {
+        let db = TestDb::create().await;
+        let tenants = db.tenants(None).await;
+        Self::on(db, tenants, svc::load_settings().unwrap())
+    }
+
+    /// The API with a unique exchange and queue prefix, for tests that use RabbitMQ.
+    pub async fn isolated() -> Self {
+        let db = TestDb::create().await;
+        let tenants = db.tenants(None).await;
+        Self::on(db, tenants, isolated_settings())
+    }
+
+    /// The API on `db` through `tenants`.
+    pub fn on(db: TestDb, tenants: TenantPool, settings: svc::Settings) -> Self {
+        let pem = include_bytes!("../keys/test-signing-key.pem");
+        let keys = SigningKeyRing::new(SigningKey::from_rsa_pem("test-key", pem).unwrap());
+        let ring = KeyRing::new(StaticJwks(keys.jwks()), Duration::from_secs(30));
+        let verifier = Verifier::with_rbac(
+            settings.auth.verifier_config().unwrap(),
+            Arc::new(ring),
+            Arc::new(Rbac::from_config(&settings.rbac).unwrap()),
+        )
+        .unwrap();
+        let app = svc::app(verifier, tenants.clone(), &settings.queue.exchange);
+        Self {
+            app,
+            tenants,
+            settings,
+            keys,
+            db,
+        }
+    }
+
+    pub fn token(&self, subject: &str, tenant: TenantId, role: &str) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = AccessClaims::new(
+            &self.settings.auth.issuer,
+            subject,
+            &self.settings.auth.audience,
+            now,
+            300,
+        )
+        .with_tenant(tenant)
+        .with_roles([role]);
+        self.keys.sign(&claims).unwrap()
+    }
+
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, headers, value)
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let (status, _, value) = self.call_with_headers(method, uri, token, body).await;
+        (status, value)
+    }
+
+    /// Requests a report as `token`; panics unless 202.
+    pub async fn request_report(&self, token: &str, from: &str, to: &str) -> Value {
+        let (status, body) = self
+            .call(
+                "POST",
+                &reports(),
+                Some(token),
+                Some(serde_json::json!({ "from": from, "to": to })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body
+    }
+
+    /// The outbox rows as `(tenant_id, routing_key)`, oldest first, read as the relay role.
+    pub async fn outbox(&self) -> Vec<(uuid::Uuid, String)> {
+        let pool = self.db.relay_pool().await;
+        let rows = sqlx::query_as("SELECT tenant_id, routing_key FROM arq_outbox ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows
+    }
+}
+
+/// The configured settings with an exchange and a queue prefix unique to the test, a short
+/// relay poll and the broker of `ARQ_TEST_AMQP_URL`.
+pub fn isolated_settings() -> svc::Settings {
+    let amqp = require(TestService::RabbitMq);
+    let unique = format!("analytics-test-{}", uuid::Uuid::new_v4().simple());
+    let mut settings = svc::load_settings().unwrap();
+    settings.queue.url = amqp.into();
+    settings.queue.exchange = unique.clone();
+    settings.queue.prefix = format!("{unique}.");
+    settings.queue.relay_poll_interval_ms = 20;
+    settings
+}
+
+pub fn tenant() -> TenantId {
+    uuid::Uuid::new_v4().to_string().parse().unwrap()
+}
+
+pub fn reports() -> String {
+    format!("{ROUTE}/reports")
+}
+
+pub fn report(id: &Value) -> String {
+    format!("{ROUTE}/reports/{}", id.as_str().unwrap())
+}
+
+pub fn daily(from: &str, to: &str) -> String {
+    format!("{ROUTE}/daily?from={from}&to={to}")
+}
+
+/// Milliseconds since the epoch of `day` at `hh:mm` UTC.
+pub fn at(day: &str, hh: u32, mm: u32) -> u64 {
+    let day = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+    let t = day.and_hms_opt(hh, mm, 0).unwrap().and_utc();
+    u64::try_from(t.timestamp_millis()).unwrap()
+}
+
+/// An event of `kind` for `tenant`, created at `created_at_ms`, with `payload`.
+pub fn event(kind: &str, tenant: Option<TenantId>, created_at_ms: u64, payload: Value) -> Envelope {
+    let mut env = Envelope::with_payload(kind.to_owned(), Payload::native(payload));
+    if let Some(t) = tenant {
+        env = env.with_tenant(t);
+    }
+    env.created_at_ms = created_at_ms;
+    env
+}
+
+/// Waits (polling every 20 ms, at most 20 s) until `check` returns `Some`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..1000 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within 20 s");
+}
