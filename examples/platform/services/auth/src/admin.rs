@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! auth migrate
-//! auth create-user USERNAME --tenant UUID --role ROLE      (the password is read from stdin)
+//! auth create-user USERNAME [--tenant UUID --role ROLE]    (the password is read from stdin)
 //! auth create-client CLIENT_ID --tenant UUID --permission P [--permission P]...
 //! ```
 //!
-//! `create-user` makes a user bound to the tenant, holding the role (one of `[rbac]`'s). The
+//! `create-user` makes a user bound to the tenant, holding the role (one of `[rbac]`'s); without
+//! `--tenant` and `--role`, a user of no workspace yet, who gets roles by creating or joining
+//! workspaces (the workspace service's membership events, [`crate::memberships`]). The
 //! password is the first line of standard input, so it never appears in the process list or
 //! the shell history: `printf '%s\n' "$PASSWORD" | auth create-user alice --tenant … --role member`.
 //! `create-client` registers a service account for the client-credentials grant and prints its
@@ -27,8 +29,9 @@ pub const USAGE: &str = "\
 usage:
   auth                       serve (DATABASE_URL: the runtime role)
   auth migrate               run the migrations (DATABASE_OWNER_URL: the owner role)
-  auth create-user USERNAME --tenant UUID --role ROLE
-                             create a user; the password is read from stdin
+  auth create-user USERNAME [--tenant UUID --role ROLE]
+                             create a user (bound to the tenant with the role, or of no
+                             workspace yet); the password is read from stdin
   auth create-client CLIENT_ID --tenant UUID --permission PERMISSION [--permission ...]
                              register a service account; prints its secret once";
 
@@ -44,14 +47,14 @@ pub enum Command {
     Help,
     /// Run the migrations as the owner role.
     Migrate,
-    /// Create a user bound to `tenant` with `role`.
+    /// Create a user bound to `tenant` with `role`, or (both `None`) of no workspace yet.
     CreateUser {
         /// The login name.
         username: String,
         /// The tenant the user is bound to.
-        tenant: TenantId,
+        tenant: Option<TenantId>,
         /// The role the user holds there.
-        role: String,
+        role: Option<String>,
     },
     /// Register a service account.
     CreateClient {
@@ -101,8 +104,14 @@ impl Command {
             },
             "create-user" => {
                 let (name, flags) = name_and_flags("create-user", "USERNAME", args)?;
-                let tenant = tenant(&flags)?;
-                let role = one(&flags, "--role", "ROLE")?;
+                let given = |f: &str| flags.iter().any(|(g, _)| g == f);
+                // Both or neither: a role means nothing without the tenant it is held in, and a
+                // bound user without a role could sign in to nothing.
+                let (tenant, role) = if given("--tenant") || given("--role") {
+                    (Some(tenant(&flags)?), Some(one(&flags, "--role", "ROLE")?))
+                } else {
+                    (None, None)
+                };
                 check_name("USERNAME", &name)?;
                 Ok(Self::CreateUser {
                     username: name,
@@ -249,6 +258,30 @@ pub async fn create_user(
         .with_context(|| format!("cannot create the user {username:?}"))
 }
 
+/// Creates a user of no workspace yet (no bound tenant, no role), refusing a username that is
+/// taken. Creating or joining a workspace gives them a role there.
+pub async fn create_unbound_user(
+    issuer: &TokenIssuer,
+    pool: &PgPool,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    check_password(password)?;
+    let taken: bool =
+        sqlx::query_scalar("select exists (select 1 from arq_auth_users where username = $1)")
+            .bind(username)
+            .fetch_one(pool)
+            .await
+            .context("cannot read the users (did `auth migrate` run?)")?;
+    if taken {
+        anyhow::bail!("a user named {username:?} already exists; choose another username");
+    }
+    issuer
+        .create_user(username, password, None, &[])
+        .await
+        .with_context(|| format!("cannot create the user {username:?}"))
+}
+
 /// Registers the service account and returns its secret.
 pub async fn create_client(
     issuer: &TokenIssuer,
@@ -298,8 +331,16 @@ mod tests {
             parse(&["create-user", "alice", "--tenant", T, "--role", "member"]).unwrap(),
             Command::CreateUser {
                 username: "alice".into(),
-                tenant: T.parse().unwrap(),
-                role: "member".into()
+                tenant: Some(T.parse().unwrap()),
+                role: Some("member".into())
+            }
+        );
+        assert_eq!(
+            parse(&["create-user", "alice"]).unwrap(),
+            Command::CreateUser {
+                username: "alice".into(),
+                tenant: None,
+                role: None
             }
         );
         assert_eq!(

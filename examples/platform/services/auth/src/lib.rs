@@ -15,6 +15,10 @@
 //! lives in the repository), for the platform-wide `[auth] issuer` and `audience` that the gateway
 //! and every service verify. Users and service accounts are created with the `auth create-user`
 //! and `auth create-client` subcommands ([`admin`]).
+//!
+//! A user's roles in a workspace (the `tenant=` of the password grant) come from the workspace
+//! service: [`memberships`] consumes its `membership.*` and `workspace.deleted` events from
+//! RabbitMQ and keeps arq-auth's role assignments in step.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +42,7 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 pub mod admin;
+pub mod memberships;
 pub mod mfa;
 
 /// The service's name.
@@ -70,6 +75,8 @@ pub struct Settings {
     pub issuer: IssuerSettings,
     /// `[rbac]`: the platform's roles, which `create-user --role` must name.
     pub rbac: RbacConfig,
+    /// `[queue]`: where the membership events come from ([`memberships`]).
+    pub queue: memberships::QueueSettings,
 }
 
 /// `[database]`. The URL itself (with its password) comes from `DATABASE_URL`.
@@ -152,6 +159,7 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
         auth: layers.section("auth").context("[auth]")?,
         issuer: layers.section("issuer").context("[issuer]")?,
         rbac: layers.section("rbac").context("[rbac]")?,
+        queue: layers.section("queue").context("[queue]")?,
     };
     if settings.auth.access_token_ttl_secs == 0 || settings.auth.access_token_ttl_secs > 3600 {
         anyhow::bail!(

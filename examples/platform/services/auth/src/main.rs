@@ -4,7 +4,10 @@
 //! Subcommands (see [`auth::admin`]): `auth migrate` runs the migrations connected as the owner
 //! role (`DATABASE_OWNER_URL`); `auth create-user` and `auth create-client` bootstrap users and
 //! service accounts. Serving connects as the runtime role (`DATABASE_URL`) and refuses to start
-//! when that role could bypass row-level security.
+//! when that role could bypass row-level security. Beside the HTTP server, the membership
+//! consumer ([`auth::memberships`]) applies the workspace service's membership events from
+//! RabbitMQ (`[queue]`); it waits for the broker without holding up the token endpoint, and
+//! stops after the server has drained.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -94,10 +97,23 @@ async fn run() -> anyhow::Result<()> {
                 pool.clone(),
             )?;
             let roles: Vec<String> = settings.rbac.roles.keys().cloned().collect();
-            let id =
-                admin::create_user(&issuer, &pool, &roles, &username, &password, tenant, &role)
+            match (tenant, role) {
+                (Some(tenant), Some(role)) => {
+                    let id = admin::create_user(
+                        &issuer, &pool, &roles, &username, &password, tenant, &role,
+                    )
                     .await?;
-            println!("created user {username} ({id}) in tenant {tenant} with role {role}");
+                    println!("created user {username} ({id}) in tenant {tenant} with role {role}");
+                }
+                _ => {
+                    let id =
+                        admin::create_unbound_user(&issuer, &pool, &username, &password).await?;
+                    println!(
+                        "created user {username} ({id}) with no workspace yet: creating or \
+                         joining one gives a role there"
+                    );
+                }
+            }
             Ok(())
         }
         Command::CreateClient {
@@ -135,8 +151,17 @@ async fn serve(settings: svc::Settings) -> anyhow::Result<()> {
         arq_tenancy::audit::ensure_safe(&mut conn).await?;
     }
     let verifier = svc::verifier(&settings, &keys)?;
-    let issuer = svc::issuer(&settings, keys, pool)?;
+    let issuer = svc::issuer(&settings, keys, pool.clone())?;
     let router = svc::app(issuer, verifier);
+    let (stop_consumer, consumer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer = tokio::spawn(svc::memberships::run(
+        pool,
+        svc::rbac(&settings)?,
+        settings.queue.clone(),
+        async move {
+            let _ = consumer_stopped.await;
+        },
+    ));
     let registry = MetricsRegistry::global().clone();
     let health = Health::from_config(&settings.arq.health);
     let service = svc::service(router, &settings.arq, &registry, &health)?;
@@ -147,6 +172,14 @@ async fn serve(settings: svc::Settings) -> anyhow::Result<()> {
         println!("{} listening on http://{}", svc::NAME, server.local_addr());
     }
     let outcome = server.serve(service, shutdown_signal()).await;
+    // The consumer finishes the event in hand; an unsettled one is redelivered to the next start.
+    let _ = stop_consumer.send(());
+    match tokio::time::timeout(settings.arq.server.shutdown_timeout, consumer).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the membership consumer failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the membership consumer task panicked"),
+        Err(_) => tracing::warn!("the membership consumer did not stop in time"),
+    }
     tracing::info!(?outcome, "stopped");
     Ok(())
 }
