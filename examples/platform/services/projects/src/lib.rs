@@ -159,7 +159,9 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
 /// The migrations, to run as the owner role: arq-tenancy's support migration
 /// (`arq.current_tenant_id()`, `arq.enable_tenant_rls`) first, then the projects and their
 /// history (`migrations/0001_projects.sql`), then arq-queue's outbox table and its tenant
-/// isolation.
+/// isolation (`arq_queue::outbox::TENANT_ISOLATION_MIGRATION`: tenant first in its key, forced
+/// row-level security, the runtime role may only insert its own tenant's events, the relay role
+/// `arq_relay` reads and deletes every tenant's and nothing else).
 pub fn migrator() -> Migrator {
     let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
     let ours = [
@@ -176,7 +178,7 @@ pub fn migrator() -> Migrator {
         (
             20_260_101_000_003,
             "outbox isolation",
-            include_str!("../migrations/0002_outbox.sql"),
+            arq_queue::outbox::TENANT_ISOLATION_MIGRATION,
         ),
     ];
     for (version, name, sql) in ours {

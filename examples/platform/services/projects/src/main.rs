@@ -2,7 +2,8 @@
 //! variables) until SIGTERM or Ctrl-C, then drains in-flight requests and exits.
 //!
 //! `projects migrate` runs the migrations instead, connected as the owner role
-//! (`DATABASE_OWNER_URL`); serving connects as the runtime role (`DATABASE_URL`) and refuses to
+//! (`DATABASE_OWNER_URL`); `projects relay-role-sql` prints the SQL that creates the outbox relay
+//! role (an administrator runs it once per cluster, before the first `migrate`); serving connects as the runtime role (`DATABASE_URL`) and refuses to
 //! start on a database that would not isolate tenants. The outbox relay runs beside the server,
 //! connected as the relay role (`DATABASE_RELAY_URL`), and publishes events to RabbitMQ
 //! (`[queue]`); it stops after the server has drained.
@@ -34,13 +35,20 @@ async fn main() -> ExitCode {
 fn env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| match name {
         "DATABASE_RELAY_URL" => format!(
-            "set {name} to the PostgreSQL URL of the outbox relay role (arq_relay, created by services/projects/sql/relay-role.sql)"
+            "set {name} to the PostgreSQL URL of the outbox relay role (arq_relay; `projects relay-role-sql | psql \"$ADMIN_URL\"` creates it)"
         ),
         _ => format!("set {name} to the PostgreSQL URL"),
     })
 }
 
 async fn run() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("relay-role-sql") {
+        #[allow(clippy::print_stdout, reason = "the SQL is the command's output")]
+        {
+            print!("{}", arq_queue::outbox::RELAY_ROLE_SQL);
+        }
+        return Ok(());
+    }
     let settings = svc::load_settings()?;
     arq_core::telemetry::init(&settings.arq.telemetry)?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {

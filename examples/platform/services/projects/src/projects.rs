@@ -174,19 +174,20 @@ pub(crate) fn project(row: &PgRow) -> Result<Project, sqlx::Error> {
 }
 
 /// A failed request: a problem+json response, possibly with headers (the current `ETag` of a
-/// 412). Every [`Problem`] converts into one, so handlers use `?` on either.
+/// 412). Every [`Problem`] converts into one, so handlers use `?` on either. Boxed: an error
+/// path should not make every `Result` it travels in large.
 #[derive(Debug)]
-pub struct Failure(Response);
+pub struct Failure(Box<Response>);
 
 impl From<Problem> for Failure {
     fn from(p: Problem) -> Self {
-        Self(p.into_response())
+        Self(Box::new(p.into_response()))
     }
 }
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        self.0
+        *self.0
     }
 }
 
@@ -321,13 +322,13 @@ fn metadata(value: Value, errors: &mut Vec<FieldError>) -> Map<String, Value> {
 }
 
 /// The `If-Match` a change needs: 428 when absent, 400 when unreadable.
-fn required_if_match(headers: &HeaderMap, what: &str) -> Result<etag::Condition, Problem> {
+fn required_if_match(headers: &HeaderMap, what: &str) -> Result<etag::Condition, Failure> {
     match etag::if_match(headers) {
         Ok(Some(c)) => Ok(c),
         Ok(None) => Err(Problem::new(StatusCode::PRECONDITION_REQUIRED).with_detail(format!(
             "{what} needs an If-Match header: send the project's current ETag (the ETag header of GET /projects/projects/{{id}}, e.g. If-Match: \"3\"), so that you never overwrite a change you have not seen"
-        ))),
-        Err(e) => Err(Problem::bad_request(e.to_string())),
+        )).into()),
+        Err(e) => Err(Problem::bad_request(e.to_string()).into()),
     }
 }
 
@@ -350,7 +351,7 @@ fn check_precondition(condition: &etag::Condition, current: &Project) -> Result<
     response
         .headers_mut()
         .insert(ETAG, etag::of(current.version));
-    Err(Failure(response))
+    Err(Failure(Box::new(response)))
 }
 
 /// `project` as a JSON response with its `ETag`.

@@ -3,13 +3,14 @@
 //! the same envelope id on a rare re-publish).
 //!
 //! It runs in the service's process, beside the HTTP server, on its own database role:
-//! `arq_relay` (see arq-queue's `outbox::TENANT_ISOLATION_MIGRATION` and `sql/relay-role.sql`), the one role that may
-//! read every tenant's outbox rows and nothing else. The runtime role only inserts.
+//! `arq_relay` (see arq-queue's `outbox::TENANT_ISOLATION_MIGRATION` and
+//! `outbox::RELAY_ROLE_SQL`), the one role that may read every tenant's outbox rows and nothing
+//! else. The runtime role only inserts.
 //!
 //! # When RabbitMQ is down
 //! Requests never wait for the broker: an event is a row in the request's transaction, and the
-//! outbox is the buffer. [`run`] keeps trying to connect (`arq_queue::connect_rabbitmq_retrying`, backing off up to 10 s) and, once
-//! connected, [`Relay::run`] retries failed rounds the same way, so events are published when the
+//! outbox is the buffer. [`run`] keeps trying to connect ([`arq_queue::connect_rabbitmq_retrying`],
+//! backing off up to 10 s) and, once connected, [`Relay::run`] retries failed rounds the same way, so events are published when the
 //! broker is back. Readiness (`/health/ready`) deliberately does **not** include the broker: a
 //! replica that cannot publish still serves every request correctly, and taking it out of the
 //! load balancer would turn a broker outage into an API outage. The relay's state shows in the
@@ -38,8 +39,8 @@ pub struct QueueSettings {
     /// Prepended to the name of the queue this service declares.
     #[serde(default)]
     pub prefix: String,
-    /// The queue `project.#` is bound to (empty: none, and project events nobody else subscribes to
-    /// are unroutable and end as failed outbox rows).
+    /// The queue `project.#` is bound to (empty: none, and project events nobody else
+    /// subscribes to are unroutable and end as failed outbox rows).
     #[serde(default)]
     pub events_queue: String,
     /// How long the relay rests when the outbox is empty, in milliseconds.
@@ -82,7 +83,7 @@ pub fn topology(settings: &QueueSettings) -> anyhow::Result<Topology> {
 pub async fn require_relay_role(owner: &PgPool) -> anyhow::Result<()> {
     outbox::require_relay_role(owner)
         .await
-        .context("services/projects/sql/relay-role.sql creates the role")
+        .context("`projects relay-role-sql | psql \"$ADMIN_URL\"` creates the role")
 }
 
 /// Connects the relay's pool (`DATABASE_RELAY_URL`), refusing a role that cannot relay (e.g.
@@ -90,7 +91,9 @@ pub async fn require_relay_role(owner: &PgPool) -> anyhow::Result<()> {
 pub async fn connect_pool(url: &str) -> anyhow::Result<PgPool> {
     outbox::connect_relay_pool(url)
         .await
-        .context("DATABASE_RELAY_URL must connect as arq_relay (services/projects/sql/relay-role.sql creates it)")
+        .context(
+            "DATABASE_RELAY_URL must connect as arq_relay (`projects relay-role-sql | psql \"$ADMIN_URL\"` creates it)",
+        )
 }
 
 /// Publishes the outbox until `shutdown` completes: connects to RabbitMQ (retrying with backoff
