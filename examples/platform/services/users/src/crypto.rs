@@ -79,7 +79,9 @@ pub enum KeyFileError {
         setting: String,
     },
     /// The file cannot be read.
-    #[error("{setting}: cannot read {path}: {source} (make it readable by the service, or create it with `openssl rand -hex 32 > {path}`)")]
+    #[error(
+        "{setting}: cannot read {path}: {source} (make it readable by the service, or create it with `openssl rand -hex 32 > {path}`)"
+    )]
     Unreadable {
         /// The environment variable (or config key).
         setting: String,
@@ -116,11 +118,13 @@ pub fn read_key_file(setting: &str, path: Option<&Path>) -> Result<[u8; 32], Key
         });
     };
     let shown = path.display().to_string();
-    let text = Zeroizing::new(std::fs::read(path).map_err(|source| KeyFileError::Unreadable {
-        setting: setting.to_owned(),
-        path: shown.clone(),
-        source,
-    })?);
+    let text = Zeroizing::new(
+        std::fs::read(path).map_err(|source| KeyFileError::Unreadable {
+            setting: setting.to_owned(),
+            path: shown.clone(),
+            source,
+        })?,
+    );
     let malformed = |found: String| KeyFileError::Malformed {
         setting: setting.to_owned(),
         path: shown.clone(),
@@ -264,8 +268,14 @@ mod tests {
         let unreadable = read_key_file(BLIND_INDEX_KEY_FILE_VAR, Some(&nowhere))
             .unwrap_err()
             .to_string();
-        assert!(unreadable.contains(BLIND_INDEX_KEY_FILE_VAR), "{unreadable}");
-        assert!(unreadable.contains("/nonexistent/users/kek"), "{unreadable}");
+        assert!(
+            unreadable.contains(BLIND_INDEX_KEY_FILE_VAR),
+            "{unreadable}"
+        );
+        assert!(
+            unreadable.contains("/nonexistent/users/kek"),
+            "{unreadable}"
+        );
 
         for bad in ["abcd", &"g".repeat(64), &"a".repeat(65), ""] {
             let path = file(bad);

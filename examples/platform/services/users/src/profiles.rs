@@ -285,12 +285,14 @@ fn not_found(user: Uuid) -> Problem {
 }
 
 /// The caller's user id: the token's subject, which the platform's issuer makes a UUID.
-fn caller(who: &Principal) -> Result<Uuid, Problem> {
-    Uuid::parse_str(who.subject()).map_err(|_| {
-        Problem::forbidden(
-            "your token's subject is not a user id (a UUID); profiles belong to platform users: sign in through the auth service as a user",
-        )
-    })
+fn caller(who: &Principal) -> Option<Uuid> {
+    Uuid::parse_str(who.subject()).ok()
+}
+
+fn not_a_user() -> Problem {
+    Problem::forbidden(
+        "your token's subject is not a user id (a UUID); profiles belong to platform users: sign in through the auth service as a user",
+    )
 }
 
 fn display_name(value: &str, errors: &mut Vec<FieldError>) -> String {
@@ -473,7 +475,9 @@ async fn fetch(tx: &mut TenantTx, user: Uuid, lock: bool) -> Result<Option<Store
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| database(&e))?;
-    row.map(|r| stored(&r)).transpose().map_err(|e| database(&e))
+    row.map(|r| stored(&r))
+        .transpose()
+        .map_err(|e| database(&e))
 }
 
 /// `GET /users/users/me`: the caller's profile in this workspace (404 until they create it).
@@ -482,7 +486,7 @@ pub async fn read_me(
     RequirePermission(who, ..): RequirePermission<ReadUsers>,
     mut tx: TenantTx,
 ) -> Result<Json<Profile>, Problem> {
-    let me = caller(&who)?;
+    let me = caller(&who).ok_or_else(not_a_user)?;
     match fetch(&mut tx, me, false).await? {
         Some(s) => present(&state, &tx, &who, s).await.map(Json),
         None => Err(Problem::not_found(format!(
@@ -513,7 +517,7 @@ pub async fn put_me(
     mut tx: TenantTx,
     body: Result<Json<PutProfile>, JsonRejection>,
 ) -> Result<Json<Profile>, Problem> {
-    let me = caller(&who)?;
+    let me = caller(&who).ok_or_else(not_a_user)?;
     let Json(put) = body.map_err(|e| body_problem(&e))?;
     let mut errors = Vec::new();
     let name = display_name(&put.display_name, &mut errors);
@@ -723,7 +727,9 @@ pub async fn put_tier(
 ) -> Result<Json<Profile>, Problem> {
     let Path(user) = user.map_err(|e| path_problem(&e))?;
     let Json(put) = body.map_err(|e| body_problem(&e))?;
-    let current = fetch(&mut tx, user, true).await?.ok_or_else(|| not_found(user))?;
+    let current = fetch(&mut tx, user, true)
+        .await?
+        .ok_or_else(|| not_found(user))?;
     if current.tier == put.tier {
         return present(&state, &tx, &who, current).await.map(Json);
     }
@@ -781,7 +787,13 @@ mod tests {
         assert_eq!(phone("+44 20 7946-0958", &mut errors), "+442079460958");
         assert_eq!(phone("+1 (555) 010.0199", &mut errors), "+15550100199");
         assert!(errors.is_empty());
-        for bad in ["020 7946 0958", "+12", "+1234567890123456", "+44 20 79x6", ""] {
+        for bad in [
+            "020 7946 0958",
+            "+12",
+            "+1234567890123456",
+            "+44 20 79x6",
+            "",
+        ] {
             let mut errors = Vec::new();
             phone(bad, &mut errors);
             assert_eq!(errors.len(), 1, "{bad:?}");

@@ -84,7 +84,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let topology = topology(&settings)?;
-    let shutdown = async move { shutdown.await };
     tokio::pin!(shutdown);
     let Some(queue) = connect_rabbitmq_retrying(settings.url.expose(), topology, &mut shutdown)
         .await

@@ -1,0 +1,365 @@
+//! What the integration tests share: a database of their own on the real PostgreSQL
+//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test) created by the
+//! administrator (who also runs `sql/preferences-search.sql` in it and creates the relay role),
+//! migrated as `arq_owner`, served as `arq_app` and relayed as `arq_relay`, dropped at the end;
+//! the encryption keys random per test; and the API in-process (`oneshot`), with tokens signed
+//! by a test-only key (`tests/keys/`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    dead_code,
+    reason = "tests; each test binary uses part of this module"
+)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
+use arq_core::TenantId;
+use arq_core::testing::{TestService, require};
+use arq_queue::Envelope;
+use arq_tenancy::TenantPool;
+use arq_tenancy::crypto::LocalKekProvider;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgPool};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+use users as svc;
+
+pub use svc::ROUTE;
+
+/// A database of its own, dropped when the test ends (also when it fails).
+pub struct TestDb {
+    pub name: String,
+    pub admin: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn new() -> (Self, TenantPool) {
+        // Panics with a message naming the URL and how to start PostgreSQL when it is unreachable.
+        let url = require(TestService::Postgres);
+        let admin = PgConnectOptions::from_str(&url).unwrap();
+        let name = format!("{}_test_{}", svc::NAME, Uuid::new_v4().simple());
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("connect to PostgreSQL as its administrator");
+        // The relay role, as an administrator creates it (idempotent; the DO block may race
+        // with another test binary's, which is harmless once the role exists).
+        if let Err(e) = sqlx::raw_sql(arq_queue::outbox::RELAY_ROLE_SQL)
+            .execute(&mut conn)
+            .await
+        {
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_relay')",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert!(exists, "creating arq_relay failed: {e}");
+        }
+        conn.execute(AssertSqlSafe(format!(
+            "CREATE DATABASE {name} OWNER arq_owner"
+        )))
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let db = Self { name, admin };
+
+        let owner = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(db.role("arq_owner"))
+            .await
+            .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)");
+        // `users migrate` refuses until the administrator's part is in place, saying what to run.
+        let refused = svc::require_search_operator(&owner).await.unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("sql/preferences-search.sql"),
+            "{refused:#}"
+        );
+        let mut admin_here = db.admin.clone().database(&db.name).connect().await.unwrap();
+        sqlx::raw_sql(svc::PREFERENCES_SEARCH_SQL)
+            .execute(&mut admin_here)
+            .await
+            .expect("sql/preferences-search.sql runs as the administrator");
+        admin_here.close().await.unwrap();
+        arq_queue::outbox::require_relay_role(&owner).await.unwrap();
+        svc::require_search_operator(&owner).await.unwrap();
+        svc::migrator().run(&owner).await.unwrap();
+        owner.close().await;
+        // The pool `main` builds, after the same start-up audit: the database must isolate
+        // tenants.
+        let tenants = svc::connect_tenants(
+            db.url("arq_app"),
+            &svc::DatabaseSettings { max_connections: 8 },
+        )
+        .await
+        .expect("connect as arq_app");
+        (db, tenants)
+    }
+
+    /// Connection options for `role` (whose password is its name, as in development).
+    pub fn role(&self, role: &str) -> PgConnectOptions {
+        self.admin
+            .clone()
+            .username(role)
+            .password(role)
+            .database(&self.name)
+    }
+
+    /// The URL of this database for `role`.
+    pub fn url(&self, role: &str) -> String {
+        let o = &self.admin;
+        format!(
+            "postgres://{role}:{role}@{}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            self.name
+        )
+    }
+
+    /// A pool connected as `arq_relay`, checked as `main` checks it.
+    pub async fn relay_pool(&self) -> PgPool {
+        arq_queue::outbox::connect_relay_pool(&self.url("arq_relay"))
+            .await
+            .unwrap()
+    }
+
+    /// A one-connection pool as `arq_owner`, the role that owns the tables (and is still
+    /// subject to their row-level security: FORCE).
+    pub async fn owner_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(self.role("arq_owner"))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; drop the database from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = admin.connect().await {
+                    let _ = conn
+                        .execute(AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Random key material for one test.
+pub fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    key
+}
+
+pub struct Api {
+    pub app: Router,
+    pub tenants: TenantPool,
+    pub settings: svc::Settings,
+    pub crypto: Arc<svc::crypto::Crypto>,
+    pub kek: [u8; 32],
+    pub index_key: [u8; 32],
+    keys: SigningKeyRing,
+    pub db: TestDb,
+}
+
+impl Api {
+    pub async fn new() -> Self {
+        Self::with_exchange(None).await
+    }
+
+    /// The API publishing to `exchange` (default: the configured one).
+    pub async fn with_exchange(exchange: Option<&str>) -> Self {
+        let (db, tenants) = TestDb::new().await;
+        let mut settings = svc::load_settings().unwrap();
+        if let Some(e) = exchange {
+            settings.queue.exchange = e.to_owned();
+        }
+        let (kek, index_key) = (random_key(), random_key());
+        let crypto = Arc::new(svc::crypto::Crypto::new(
+            LocalKekProvider::new(&settings.encryption.kek_id, kek),
+            index_key,
+            tenants.clone(),
+        ));
+        let pem = include_bytes!("../keys/test-signing-key.pem");
+        let keys = SigningKeyRing::new(SigningKey::from_rsa_pem("test-key", pem).unwrap());
+        let ring = KeyRing::new(StaticJwks(keys.jwks()), std::time::Duration::from_secs(30));
+        let verifier = Verifier::with_rbac(
+            settings.auth.verifier_config().unwrap(),
+            Arc::new(ring),
+            Arc::new(Rbac::from_config(&settings.rbac).unwrap()),
+        )
+        .unwrap();
+        let app = svc::app(
+            verifier,
+            tenants.clone(),
+            svc::policies().unwrap(),
+            crypto.clone(),
+            &settings.queue.exchange,
+        );
+        Self {
+            app,
+            tenants,
+            settings,
+            crypto,
+            kek,
+            index_key,
+            keys,
+            db,
+        }
+    }
+
+    /// An access token for `subject` in workspace `tenant` with `role`; admins signed in with a
+    /// second factor (arq-auth refuses admin tokens without one).
+    pub fn token_for(&self, subject: &str, tenant: TenantId, role: &str) -> String {
+        let amr: &[&str] = if role == "admin" {
+            &["pwd", "otp"]
+        } else {
+            &["pwd"]
+        };
+        self.token_with_amr(subject, tenant, role, amr)
+    }
+
+    /// An access token naming its authentication methods (`amr`).
+    pub fn token_with_amr(
+        &self,
+        subject: &str,
+        tenant: TenantId,
+        role: &str,
+        amr: &[&str],
+    ) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = AccessClaims::new(
+            &self.settings.auth.issuer,
+            subject,
+            &self.settings.auth.audience,
+            now,
+            300,
+        )
+        .with_tenant(tenant)
+        .with_roles([role])
+        .with_amr(amr.iter().copied());
+        self.keys.sign(&claims).unwrap()
+    }
+
+    pub fn token(&self, user: Uuid, tenant: TenantId, role: &str) -> String {
+        self.token_for(&user.to_string(), tenant, role)
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, value)
+    }
+
+    /// `PUT /users/users/me` as `token`; panics unless 200.
+    pub async fn put_me(&self, token: &str, body: Value) -> Value {
+        let (status, profile) = self.call("PUT", &me(), Some(token), Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{profile}");
+        profile
+    }
+
+    /// The outbox rows as `(tenant_id, routing_key, envelope)`, oldest first, read as the relay
+    /// role.
+    pub async fn outbox(&self) -> Vec<(Uuid, String, Envelope)> {
+        let pool = self.db.relay_pool().await;
+        let rows: Vec<(Uuid, String, Vec<u8>)> =
+            sqlx::query_as("SELECT tenant_id, routing_key, envelope FROM arq_outbox ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        rows.into_iter()
+            .map(|(t, k, e)| (t, k, Envelope::decode(&e).unwrap()))
+            .collect()
+    }
+
+    /// The routing keys of the outbox rows, oldest first.
+    pub async fn outbox_kinds(&self) -> Vec<String> {
+        self.outbox().await.into_iter().map(|(_, k, _)| k).collect()
+    }
+}
+
+pub fn tenant() -> TenantId {
+    Uuid::new_v4().to_string().parse().unwrap()
+}
+
+pub fn users() -> String {
+    format!("{ROUTE}/users")
+}
+
+pub fn me() -> String {
+    format!("{ROUTE}/users/me")
+}
+
+pub fn user(id: Uuid) -> String {
+    format!("{ROUTE}/users/{id}")
+}
+
+/// `GET /users/users?...` with `query` already encoded.
+pub fn list(query: &str) -> String {
+    format!("{ROUTE}/users?{query}")
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
