@@ -12,7 +12,7 @@
 use arq_auth::{RequirePermission, permission};
 use arq_core::{IntoProblem, Problem};
 use arq_queue::{Envelope, HandlerError, Job, Message, outbox};
-use arq_tenancy::{Tenant, TenantPool, TenantTx, TxError};
+use arq_tenancy::{Tenant, TenantId, TenantPool, TenantTx, TxError};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -334,8 +334,8 @@ enum GenerateError {
     Tx(#[from] TxError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("no report {0} in the message's tenant")]
-    Missing(Uuid),
+    #[error("no report {0} in tenant {1}: the message names a report its tenant does not have")]
+    Missing(Uuid, TenantId),
 }
 
 /// How one `report.generate` ended.
@@ -348,6 +348,7 @@ pub enum Generated {
 }
 
 async fn compute(tx: &mut TenantTx, id: Uuid) -> Result<Generated, GenerateError> {
+    let tenant = tx.tenant();
     // FOR UPDATE: two deliveries of the same message (a redelivery racing the first) compute
     // one after the other, and the second finds the report done.
     let row: Option<(NaiveDate, NaiveDate, String)> = sqlx::query_as(
@@ -358,7 +359,7 @@ async fn compute(tx: &mut TenantTx, id: Uuid) -> Result<Generated, GenerateError
     .fetch_optional(&mut *tx)
     .await?;
     let Some((from, to, status)) = row else {
-        return Err(GenerateError::Missing(id));
+        return Err(GenerateError::Missing(id, tenant));
     };
     if status != "pending" {
         return Ok(Generated::AlreadyDone);
@@ -395,7 +396,7 @@ pub async fn generate(
     let outcome = tenants.run(tenant, |tx| Box::pin(compute(tx, id))).await;
     let error = match outcome {
         Ok(done) => return Ok(done),
-        Err(e @ GenerateError::Missing(_)) => return Err(HandlerError::permanent(e)),
+        Err(e @ GenerateError::Missing(..)) => return Err(HandlerError::permanent(e)),
         Err(e) => e,
     };
     if job.attempt < max_attempts {
