@@ -837,3 +837,22 @@ async fn members_are_listed_a_page_at_a_time() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "limit");
 }
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let api = Api::new().await;
+    let (status, doc) = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/workspaces/workspaces",
+        "/workspaces/workspaces/{id}",
+        "/workspaces/workspaces/{id}/members",
+        "/workspaces/workspaces/{id}/members/{user_id}",
+        "/workspaces/workspaces/{id}/invitations",
+        "/workspaces/invitations/accept",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not described");
+    }
+    assert_eq!(paths.len(), 6);
+}
