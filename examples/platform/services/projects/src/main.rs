@@ -2,11 +2,14 @@
 //! variables) until SIGTERM or Ctrl-C, then drains in-flight requests and exits.
 //!
 //! `projects migrate` runs the migrations instead, connected as the owner role
-//! (`DATABASE_OWNER_URL`); `projects relay-role-sql` prints the SQL that creates the outbox relay
-//! role (an administrator runs it once per cluster, before the first `migrate`); serving connects as the runtime role (`DATABASE_URL`) and refuses to
-//! start on a database that would not isolate tenants. The outbox relay runs beside the server,
+//! (`DATABASE_OWNER_URL`); `projects relay-role-sql` prints the SQL that creates the outbox
+//! relay role (an administrator runs it once per cluster, before the first `migrate`). Serving
+//! connects as the runtime role (`DATABASE_URL`) and refuses to start on a database that would
+//! not isolate tenants. The outbox relay runs beside the server,
 //! connected as the relay role (`DATABASE_RELAY_URL`), and publishes events to RabbitMQ
 //! (`[queue]`); it stops after the server has drained.
+
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -35,7 +38,7 @@ async fn main() -> ExitCode {
 fn env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| match name {
         "DATABASE_RELAY_URL" => format!(
-            "set {name} to the PostgreSQL URL of the outbox relay role (arq_relay; `projects relay-role-sql | psql \"$ADMIN_URL\"` creates it)"
+            "set {name} to the PostgreSQL URL of the outbox relay role (arq_relay, created by services/projects/sql/relay-role.sql, also printed by `projects relay-role-sql`)"
         ),
         _ => format!("set {name} to the PostgreSQL URL"),
     })

@@ -83,7 +83,7 @@ pub fn topology(settings: &QueueSettings) -> anyhow::Result<Topology> {
 pub async fn require_relay_role(owner: &PgPool) -> anyhow::Result<()> {
     outbox::require_relay_role(owner)
         .await
-        .context("`projects relay-role-sql | psql \"$ADMIN_URL\"` creates the role")
+        .context("services/projects/sql/relay-role.sql, also printed by `projects relay-role-sql`, creates the role")
 }
 
 /// Connects the relay's pool (`DATABASE_RELAY_URL`), refusing a role that cannot relay (e.g.
@@ -92,7 +92,7 @@ pub async fn connect_pool(url: &str) -> anyhow::Result<PgPool> {
     outbox::connect_relay_pool(url)
         .await
         .context(
-            "DATABASE_RELAY_URL must connect as arq_relay (`projects relay-role-sql | psql \"$ADMIN_URL\"` creates it)",
+            "DATABASE_RELAY_URL must connect as arq_relay (services/projects/sql/relay-role.sql, also printed by `projects relay-role-sql`, creates it)",
         )
 }
 

@@ -209,7 +209,7 @@ async fn events_are_written_in_the_transaction_of_the_change() {
         .unwrap_err();
     let message = format!("{err:#}");
     assert!(message.contains("arq_relay"), "{message}");
-    assert!(message.contains("relay-role-sql"), "{message}");
+    assert!(message.contains("relay-role.sql"), "{message}");
 
     // A request refused after its writes began (a move into a cycle, after the row lock) leaves
     // neither a version nor an event.
@@ -238,5 +238,14 @@ async fn events_are_written_in_the_transaction_of_the_change() {
     assert_eq!(
         kinds,
         ["project.created", "project.deleted", "project.created"]
+    );
+}
+
+/// The relay role this service ships for administrators is arq-queue's, word for word.
+#[test]
+fn shipped_relay_role_sql_is_arq_queues() {
+    assert_eq!(
+        include_str!("../sql/relay-role.sql"),
+        arq_queue::outbox::RELAY_ROLE_SQL
     );
 }

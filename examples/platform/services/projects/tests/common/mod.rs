@@ -1,7 +1,7 @@
 //! What the integration tests share: a database of their own on the real PostgreSQL
 //! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test) created by the
 //! administrator, migrated as `arq_owner`, served as `arq_app` and relayed as `arq_relay` (the
-//! roles of arq-tenancy's `sql/roles.sql` and arq-queue's `outbox::RELAY_ROLE_SQL`), dropped at
+//! roles of arq-tenancy's `sql/roles.sql` and this service's `sql/relay-role.sql`), dropped at
 //! the end; and the API in-process (`oneshot`), with tokens signed by a test-only key
 //! (`tests/keys/`).
 #![allow(
@@ -50,7 +50,7 @@ impl TestDb {
             .expect("connect to PostgreSQL as its administrator");
         // The relay role, as an administrator creates it (idempotent; the DO block may race
         // with another test binary's, which is harmless once the role exists).
-        let role = arq_queue::outbox::RELAY_ROLE_SQL;
+        let role = include_str!("../../sql/relay-role.sql");
         if let Err(e) = sqlx::raw_sql(role).execute(&mut conn).await {
             let exists: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_relay')",
