@@ -10,8 +10,11 @@
 //! the relay role, `DATABASE_RELAY_URL`); none of them keeps the API from serving while
 //! RabbitMQ is down.
 
+#![forbid(unsafe_code)]
+
 use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use arq_core::health::Health;
@@ -105,6 +108,23 @@ async fn run() -> anyhow::Result<()> {
             let _ = stopped.changed().await;
         }
     };
+    // Bind the events queue before announcing the service, so that the services started after
+    // this one never publish an event before analytics' queue exists to receive it. Bounded:
+    // a broker outage delays the start by 2 s, then the consumer keeps trying on its own.
+    let declared = tokio::time::timeout(Duration::from_secs(2), async {
+        let backend = arq_queue::RabbitBackend::connect(settings.queue.url.expose()).await?;
+        arq_queue::Queue::new(backend, settings.queue.events_topology()).await
+    })
+    .await;
+    match declared {
+        Ok(Ok(_)) => tracing::info!("events queue declared"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot declare the events queue yet; the consumer keeps trying")
+        }
+        Err(_) => {
+            tracing::warn!("RabbitMQ did not answer within 2 s; the events consumer keeps trying")
+        }
+    }
     let drain = settings.arq.server.shutdown_timeout;
     let tasks = [
         spawn(

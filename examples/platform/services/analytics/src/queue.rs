@@ -3,7 +3,7 @@
 //! [`arq_queue::connect_rabbitmq_retrying`]:
 //!
 //! - [`run_events`]: the domain events consumer ([`crate::events`]) on `analytics.events`,
-//!   bound to [`events::BINDINGS`](crate::events::BINDINGS);
+//!   bound to [`events::BINDINGS`];
 //! - [`run_reports`]: the `report.generate` consumer ([`crate::reports::generate`]), an
 //!   arq-queue [`Worker`] with prefetch 5 and concurrency 5;
 //! - [`run_relay`]: the outbox relay, which publishes the `report.generate` messages that

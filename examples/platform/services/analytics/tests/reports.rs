@@ -232,3 +232,48 @@ async fn jobs_no_retry_can_fix_are_dead_lettered_with_the_reason() {
     stop_all(stop, tasks).await;
     backend.delete(&settings.reports_topology()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_report_whose_last_attempt_fails_is_marked_failed_and_says_what_to_do() {
+    let mut api = Api::isolated().await;
+    // One attempt: its failure is the last.
+    api.settings.queue.max_attempts = 1;
+    // The counts become unreadable: computing any report fails in the database.
+    let admin = api.db.superuser().await;
+    sqlx::query("ALTER TABLE daily_event_counts RENAME TO daily_event_counts_away")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (stop, tasks) = start(&api).await;
+    let t = tenant();
+    let viewer = api.token("vera", t, "viewer");
+    let created = api
+        .request_report(&viewer, "2030-01-01", "2030-01-02")
+        .await;
+    let r = settled(&api, &viewer, &created).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["result"], Value::Null);
+    assert!(r["completed_at"].is_string(), "{r}");
+    let error = r["error"].as_str().unwrap();
+    assert!(error.contains("request it again"), "{error}");
+    // The database's message stays in the logs and the dead letter, not in the API.
+    assert!(!error.contains("daily_event_counts"), "{error}");
+
+    let settings = &api.settings.queue;
+    let backend = RabbitBackend::connect(settings.url.expose()).await.unwrap();
+    let inspector = Queue::new(backend.clone(), settings.reports_topology())
+        .await
+        .unwrap();
+    let name = settings.reports_queue().name;
+    let dead = eventually("the job dead-lettered", || async {
+        let dead = inspector.peek_dead(&name, 10).await.unwrap();
+        (dead.len() == 1).then_some(dead)
+    })
+    .await;
+    assert!(
+        dead[0].last_error().unwrap().contains("daily_event_counts"),
+        "{dead:?}"
+    );
+    stop_all(stop, tasks).await;
+    backend.delete(&settings.reports_topology()).await.unwrap();
+}
