@@ -68,6 +68,9 @@ pub enum EventError {
     /// The database failed; a later attempt may succeed.
     #[error("counting the event failed: {0}")]
     Database(#[from] TxError),
+    /// Counting took longer than the queue's handler timeout; a later attempt may succeed.
+    #[error("counting the event took longer than {0:?}")]
+    TimedOut(Duration),
 }
 
 impl From<sqlx::Error> for EventError {
@@ -206,11 +209,7 @@ async fn settle<D: Delivery>(delivery: D, config: &QueueConfig, tenants: &Tenant
     let outcome =
         tokio::time::timeout(config.handler_timeout, record(tenants, delivery.envelope()))
             .await
-            .unwrap_or_else(|_| {
-                Err(EventError::Database(TxError::Database(
-                    sqlx::Error::PoolTimedOut,
-                )))
-            });
+            .unwrap_or(Err(EventError::TimedOut(config.handler_timeout)));
     let failure = |error: String| Failure {
         attempt,
         at_ms: now_ms(),
