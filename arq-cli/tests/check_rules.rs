@@ -764,3 +764,37 @@ fn sql_outside_migrations_is_not_a_migration() {
     let r = run(&root);
     assert!(r.findings.is_empty(), "{}", render(&r));
 }
+
+/// Handlers of one name in two modules are judged apart: `invitations::create` (guarded) is not
+/// reported because of `signup::create` (unguarded), and `signup::create` still is.
+#[test]
+fn same_named_handlers_in_two_modules_are_judged_apart() {
+    let (_tmp, root) = good();
+    let src = root.join("services/tasks/src");
+    std::fs::write(
+        src.join("invitations.rs"),
+        "use arq_auth::RequirePermission;\npub async fn create(RequirePermission(_p, _): RequirePermission<super::routes::ReadTask>) -> &'static str { \"invited\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("signup.rs"),
+        "pub async fn create() -> &'static str { \"signed up\" }\n",
+    )
+    .unwrap();
+    plant(
+        &root,
+        &[(
+            "services/tasks/src/routes.rs",
+            "pub fn router() -> Router {\n    Router::new()",
+            "pub fn extra() -> Router {\n    Router::new()\n        .route(\"/invitations\", post(crate::invitations::create))\n        .route(\"/signup\", post(signup::create))\n}\n\npub fn router() -> Router {\n    Router::new()",
+        )],
+    );
+    let r = run(&root);
+    let found = render(&r);
+    assert!(
+        found.contains("route POST /signup (handler `signup::create`)"),
+        "{found}"
+    );
+    assert!(!found.contains("/invitations"), "{found}");
+    assert_eq!(r.findings.len(), 1, "{found}");
+}

@@ -103,9 +103,12 @@ fn route_path(e: &syn::Expr) -> String {
     }
 }
 
-/// Collects every function (by name) with whether it names a guard.
+/// Collects every function with whether it names a guard, by name and by `module::name` (the
+/// module being the file's: `src/invitations.rs` → `invitations`).
 struct Fns<'g> {
     guards: &'g BTreeSet<String>,
+    /// The module of the file being visited (empty for the crate root).
+    module: String,
     out: BTreeMap<String, HandlerFn>,
 }
 
@@ -113,12 +116,40 @@ impl Fns<'_> {
     fn record(&mut self, sig: &syn::Signature, block: &syn::Block) {
         let guarded = mentions_guard(&sig.inputs.to_token_stream(), self.guards)
             || mentions_guard(&block.to_token_stream(), self.guards);
-        let entry = self
-            .out
-            .entry(sig.ident.to_string())
-            .or_insert(HandlerFn { guarded });
-        // Two functions of one name (different modules): guarded only if both are.
-        entry.guarded &= guarded;
+        let name = sig.ident.to_string();
+        let qualified = (!self.module.is_empty()).then(|| format!("{}::{name}", self.module));
+        for key in std::iter::once(name).chain(qualified) {
+            let entry = self.out.entry(key).or_insert(HandlerFn { guarded });
+            // Two functions of one key (same name in different modules, for the bare name):
+            // guarded only if both are.
+            entry.guarded &= guarded;
+        }
+    }
+
+    /// The handler `name` (`create` or `invitations::create`): the qualified entry when there is
+    /// one, so that `invitations::create` is not judged by a `workspaces::create` of the same name.
+    fn get(&self, name: &str) -> Option<&HandlerFn> {
+        self.out.get(name).or_else(|| {
+            name.rsplit_once("::")
+                .and_then(|(_, last)| self.out.get(last))
+        })
+    }
+}
+
+/// The module a source file defines: its stem, or its directory's name for `mod.rs`; empty for
+/// `lib.rs` and `main.rs`.
+fn module_of(rel: &str) -> String {
+    let path = std::path::Path::new(rel);
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    match stem {
+        "lib" | "main" => String::new(),
+        "mod" => path
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_owned(),
+        other => other.to_owned(),
     }
 }
 
@@ -184,11 +215,22 @@ impl Routes<'_> {
         let method = method.to_ascii_uppercase();
         match h {
             syn::Expr::Path(p) => {
-                let name = p
+                // `module::handler` keeps its module, so same-named handlers stay apart.
+                let segments: Vec<String> = p
                     .path
                     .segments
-                    .last()
-                    .map_or_else(String::new, |s| s.ident.to_string());
+                    .iter()
+                    .map(|s| s.ident.to_string())
+                    .collect();
+                let name = match segments.as_slice() {
+                    [.., module, last]
+                        if module != "crate" && module != "self" && module != "super" =>
+                    {
+                        format!("{module}::{last}")
+                    }
+                    [.., last] => last.clone(),
+                    [] => String::new(),
+                };
                 (method, name, None)
             }
             // `handler.layer(guard)`, `handler.with_state(..)`.
@@ -271,9 +313,11 @@ pub(crate) fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
             .collect();
         let mut fns = Fns {
             guards: &guards,
+            module: String::new(),
             out: BTreeMap::new(),
         };
-        for (_, ast) in &files {
+        for (f, ast) in &files {
+            fns.module = module_of(&f.rel);
             fns.visit_file(ast);
         }
         for (f, ast) in &files {
@@ -288,7 +332,7 @@ pub(crate) fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
                     continue;
                 }
                 for (method, handler, guarded) in &r.handlers {
-                    let guarded = guarded.or_else(|| fns.out.get(handler).map(|h| h.guarded));
+                    let guarded = guarded.or_else(|| fns.get(handler).map(|h| h.guarded));
                     // A handler not defined in the service is a library's: not ours to judge.
                     if guarded != Some(false) {
                         continue;
