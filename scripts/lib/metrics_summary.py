@@ -12,6 +12,9 @@ the bucket), the database query latency of each service that records
 the services. Exit 1 when the gateway's file holds no request histogram (the summary would say
 nothing).
 
+`gateway_window(after, before)` and `db_summary(after, before)` are also imported by
+scripts/bench-platform.
+
 The second form reads one service's `db_query_duration_seconds` (minus BEFORE's, to measure
 what happened between two scrapes) and prints the queries' count, p50/p95/p99 (all statements
 together, `operation="query"`), the upper bound of the bucket holding the p95, the whole
@@ -121,6 +124,39 @@ def db_summary(after, before=None):
             {"statement": st, "queries": int(n), "p95_ms": ms(p95)} for n, st, p95 in statements[:5]
         ],
     }
+
+
+def gateway_window(after, before=None):
+    """The gateway's requests between two scrapes: count, statuses, p50/p95/p99 over every route
+    and per route, or None when no request was recorded."""
+    def read(path):
+        status = defaultdict(float)
+        hist = defaultdict(lambda: defaultdict(float))
+        if path is None:
+            return status, hist
+        for name, labels, v in samples(path):
+            if name == "http_request_duration_seconds_count":
+                status[labels.get("status_class", "?")] += v
+            elif name == "http_request_duration_seconds_bucket":
+                le = labels.get("le", "+Inf")
+                le = float("inf") if le in ("+Inf", "Inf") else float(le)
+                hist[labels.get("route", "?")][le] += v
+                hist["all requests"][le] += v
+        return status, hist
+
+    (status, hist), (status0, hist0) = read(after), read(before)
+    statuses = {k: int(v - status0.get(k, 0.0)) for k, v in status.items() if v - status0.get(k, 0.0) > 0}
+    if not statuses:
+        return None
+    ms = lambda v: None if v is None else round(v * 1000, 3)  # noqa: E731
+    routes = {}
+    for route, buckets in hist.items():
+        diff = [(le, c - hist0.get(route, {}).get(le, 0.0)) for le, c in buckets.items()]
+        n = int(max(c for _, c in diff))
+        if n > 0:
+            routes[route] = {"requests": n, "p50_ms": ms(quantile(0.50, diff)),
+                             "p95_ms": ms(quantile(0.95, diff)), "p99_ms": ms(quantile(0.99, diff))}
+    return {"statuses": statuses, "routes": routes}
 
 
 def db_main(args):
