@@ -34,6 +34,9 @@ pub struct Job<T> {
     pub payload: T,
     /// The message id (stable across retries; deduplicate by it).
     pub id: MessageId,
+    /// The envelope's message type (its routing key when published by type): what a handler
+    /// bound to several types (`task.*`) dispatches on.
+    pub message_type: Arc<str>,
     /// This delivery's attempt, from 1.
     pub attempt: u32,
     /// The tenant.
@@ -261,6 +264,9 @@ impl<B: Backend> Worker<B> {
 
     /// Handles messages of `queue` (declared in the topology) with `handler`. A payload that
     /// does not decode as `T` is dead-lettered at once (it would fail every attempt).
+    ///
+    /// A queue bound to several message types (`task.*`) needs a `T` that decodes each of them,
+    /// e.g. a newtype over `serde_json::Value`; [`Job::message_type`] tells them apart.
     pub fn handle<T, H, Fut>(mut self, queue: &str, handler: H) -> Result<Self, QueueError>
     where
         T: Message,
@@ -274,6 +280,7 @@ impl<B: Backend> Worker<B> {
                     Ok(payload) => handler(Job {
                         payload,
                         id: env.id,
+                        message_type: env.message_type.clone(),
                         attempt: env.attempt,
                         tenant: env.tenant,
                         trace,

@@ -804,6 +804,62 @@ pub async fn context_flows_into_nested_publishes<F: Fixture>(f: &F) {
     f.cleanup(&t).await;
 }
 
+/// Any event of a queue bound to several types, for a handler that dispatches on the type.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AnyTask(pub serde_json::Value);
+
+impl Message for AnyTask {
+    const TYPE: &'static str = "task.any";
+}
+
+/// One handler for several message types (`task.#`): each job carries its envelope's type.
+pub async fn one_handler_sees_each_message_type<F: Fixture>(f: &F) {
+    let t = topology(f, |q| q);
+    let q = Queue::new(f.backend().await, t.clone()).await.unwrap();
+    let ex = exchange(f);
+    q.publish_envelope(&ex, "task.run", Envelope::new(Task { n: 1, act: Act::Ok }))
+        .await
+        .unwrap();
+    q.publish_envelope(
+        &ex,
+        "task.other",
+        Envelope::new(NotATask {
+            text: "second".into(),
+        }),
+    )
+    .await
+    .unwrap();
+    let seen: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let record = seen.clone();
+    let w = spawn(
+        Worker::new(q.clone())
+            .handle(&qname(f), move |job: Job<AnyTask>| {
+                let record = record.clone();
+                async move {
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((job.message_type.to_string(), job.payload.0));
+                    Ok(())
+                }
+            })
+            .unwrap(),
+    );
+    wait_until("2 handled", Duration::from_secs(20), || {
+        seen.lock().unwrap().len() == 2
+    })
+    .await;
+    w.stop().await;
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(seen[0].0, "task.other");
+    assert_eq!(seen[0].1["text"], "second");
+    assert_eq!(seen[1].0, "task.run");
+    assert_eq!(seen[1].1["n"], 1);
+    f.cleanup(&t).await;
+}
+
 /// Expands the suite into `#[tokio::test]`s for a fixture constructor.
 #[macro_export]
 macro_rules! behaviour {
@@ -811,7 +867,8 @@ macro_rules! behaviour {
         $crate::behaviour!(@t $make; round_trip, unroutable_is_an_error, poison_goes_to_dead_letters,
             permanent_failures_skip_retries, handler_timeout_fails_the_attempt, concurrency_is_limited,
             idempotency_by_message_id, shutdown_drains_in_flight, shutdown_deadline_acks_nothing_unfinished,
-            killed_consumer_message_is_redelivered, context_flows_into_nested_publishes);
+            killed_consumer_message_is_redelivered, context_flows_into_nested_publishes,
+            one_handler_sees_each_message_type);
     };
     (@t $make:expr; $($name:ident),*) => {
         $(
