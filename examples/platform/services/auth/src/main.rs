@@ -16,6 +16,7 @@ use anyhow::Context;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::server::{Server, shutdown_signal};
+use arq_queue::QueueMetrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -153,16 +154,20 @@ async fn serve(settings: svc::Settings) -> anyhow::Result<()> {
     let verifier = svc::verifier(&settings, &keys)?;
     let issuer = svc::issuer(&settings, keys, pool.clone())?;
     let router = svc::app(issuer, verifier);
+    let registry = MetricsRegistry::global().clone();
+    // The consumer's deliveries, acks, retries and dead letters, on /metrics.
+    let queue_metrics = QueueMetrics::register(&registry)?;
     let (stop_consumer, consumer_stopped) = tokio::sync::oneshot::channel::<()>();
     let consumer = tokio::spawn(svc::memberships::run(
         pool,
         svc::rbac(&settings)?,
         settings.queue.clone(),
+        queue_metrics,
+        settings.arq.server.shutdown_timeout,
         async move {
             let _ = consumer_stopped.await;
         },
     ));
-    let registry = MetricsRegistry::global().clone();
     let health = Health::from_config(&settings.arq.health);
     let service = svc::service(router, &settings.arq, &registry, &health)?;
     let server = Server::bind(&settings.arq.server, health).await?;
@@ -172,7 +177,8 @@ async fn serve(settings: svc::Settings) -> anyhow::Result<()> {
         println!("{} listening on http://{}", svc::NAME, server.local_addr());
     }
     let outcome = server.serve(service, shutdown_signal()).await;
-    // The consumer finishes the event in hand; an unsettled one is redelivered to the next start.
+    // The consumer may finish the event in hand (within the shutdown timeout); an unsettled one
+    // is redelivered to the next start.
     let _ = stop_consumer.send(());
     match tokio::time::timeout(settings.arq.server.shutdown_timeout, consumer).await {
         Ok(Ok(Ok(()))) => {}

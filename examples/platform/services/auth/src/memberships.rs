@@ -16,27 +16,32 @@
 //! Each effect is a state, not a step, so a redelivered message changes nothing (delivery is at
 //! least once). A message that can never apply (a payload of the wrong shape, a role `[rbac]`
 //! does not define, an envelope whose tenant is not the workspace) goes to the dead-letter queue
-//! at once; a database failure is retried after `retry_delay_ms`, up to `max_attempts`.
+//! at once ([`HandlerError::permanent`]); a database failure is retried after `retry_delay_ms`,
+//! up to `max_attempts` (both in the queue's [`QueueConfig`]).
 //!
 //! Tokens already issued keep their roles until they expire (at most an hour); a removed
 //! member's refresh is refused as soon as the event is applied.
 //!
-//! The consumer runs beside the HTTP server ([`run`]); it connects with
-//! [`connect_rabbitmq_retrying`], so a broker outage delays role changes and never stops the
-//! token endpoint.
+//! The consumer ([`run`]) is an arq-queue [`Worker`] running beside the HTTP server: one handler
+//! for every type the queue is bound to, dispatching on [`Job::message_type`], one event at a
+//! time, with arq-queue's metrics (`arq_queue_delivered_total{queue="auth.memberships"}` and the
+//! rest). It connects with [`connect_rabbitmq_retrying`], so a broker outage delays role changes
+//! and never stops the token endpoint.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use arq_auth::Rbac;
+use arq_core::TenantId;
 use arq_core::config::Secret;
 use arq_queue::{
-    Backend, Consumer, Delivery, Envelope, Failure, QueueConfig, Topology,
+    HandlerError, Job, Message, QueueConfig, QueueMetrics, Topology, Worker,
     connect_rabbitmq_retrying,
 };
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -88,9 +93,14 @@ impl QueueSettings {
         format!("{}{}", self.prefix, self.memberships_queue)
     }
 
-    /// The queue (with its wait and dead-letter queues, as arq-queue gives every queue).
+    /// The queue (with its wait and dead-letter queues, as arq-queue gives every queue), handled
+    /// one event at a time.
     pub fn queue_config(&self) -> QueueConfig {
         let mut queue = QueueConfig::new(self.queue_name())
+            // One at a time: events about one member must apply in the order they were
+            // published (`added`, then `changed`, then `removed`). Two handlers at once could
+            // commit a removal before the addition it follows and leave a role behind.
+            .concurrency(1)
             .max_attempts(self.max_attempts)
             .retry_delay(Duration::from_millis(self.retry_delay_ms));
         for key in BINDINGS {
@@ -109,15 +119,16 @@ impl QueueSettings {
     }
 }
 
-/// Why an event was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// It can never apply; it goes to the dead-letter queue.
-    #[error("{0}")]
-    Permanent(String),
-    /// The database failed; it is retried.
-    #[error("the role store failed: {0}")]
-    Storage(#[from] sqlx::Error),
+/// Any event of the memberships queue: its payload as JSON, told apart by
+/// [`Job::message_type`] (the queue is bound to several types).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+struct MembershipEvent(Value);
+
+impl Message for MembershipEvent {
+    // Only consumed, never published by this type: what identifies an event is its envelope's
+    // type, not this name.
+    const TYPE: &'static str = "auth.membership-event";
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,43 +149,46 @@ struct Deletion {
     workspace_id: Uuid,
 }
 
-fn decode<T: serde::de::DeserializeOwned + Clone + 'static>(
-    envelope: &Envelope,
-) -> Result<T, ApplyError> {
-    envelope.payload.decode::<T>().map_err(|e| {
-        ApplyError::Permanent(format!(
+fn decode<T: serde::de::DeserializeOwned>(job: &Job<MembershipEvent>) -> Result<T, HandlerError> {
+    T::deserialize(&job.payload.0).map_err(|e| {
+        HandlerError::permanent(format!(
             "the {} payload does not have the expected fields ({e}); see \
              services/auth/src/memberships.rs",
-            envelope.message_type
+            job.message_type
         ))
     })
 }
 
 /// The envelope's tenant, when it has one, must be the workspace the payload names.
-fn same_tenant(envelope: &Envelope, workspace: Uuid) -> Result<(), ApplyError> {
-    match envelope.tenant {
-        Some(t) if t.into_uuid() != workspace => Err(ApplyError::Permanent(format!(
+fn same_tenant(tenant: Option<TenantId>, workspace: Uuid) -> Result<(), HandlerError> {
+    match tenant {
+        Some(t) if t.into_uuid() != workspace => Err(HandlerError::permanent(format!(
             "the envelope's tenant {t} is not the workspace {workspace} of its payload"
         ))),
         _ => Ok(()),
     }
 }
 
+/// A database failure: worth retrying.
+fn storage(e: sqlx::Error) -> HandlerError {
+    HandlerError::retry(format!("the role store failed: {e}"))
+}
+
 /// Applies one event to the role assignments in `pool` (see the module docs); other event
 /// types are acknowledged without effect. `rbac` names the roles that may be assigned.
-pub async fn apply(pool: &PgPool, rbac: &Rbac, envelope: &Envelope) -> Result<(), ApplyError> {
-    match &*envelope.message_type {
+async fn apply(pool: &PgPool, rbac: &Rbac, job: &Job<MembershipEvent>) -> Result<(), HandlerError> {
+    match &*job.message_type {
         "membership.added" | "membership.changed" => {
-            let m: Membership = decode(envelope)?;
-            same_tenant(envelope, m.workspace_id)?;
+            let m: Membership = decode(job)?;
+            same_tenant(job.tenant, m.workspace_id)?;
             if rbac.role_permissions(&m.role).is_none() {
-                return Err(ApplyError::Permanent(format!(
+                return Err(HandlerError::permanent(format!(
                     "the role {:?} is not defined in [rbac.roles]; define it or fix the publisher",
                     m.role
                 )));
             }
             // Replace, in one transaction: a sign-in never sees the user with no role or two.
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin().await.map_err(storage)?;
             sqlx::query(
                 "delete from arq_auth_role_assignments \
                   where subject = $1 and bound_tenant_id = $2 and role <> $3",
@@ -183,7 +197,8 @@ pub async fn apply(pool: &PgPool, rbac: &Rbac, envelope: &Envelope) -> Result<()
             .bind(m.workspace_id)
             .bind(&m.role)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(storage)?;
             sqlx::query(
                 "insert into arq_auth_role_assignments (subject, bound_tenant_id, role) \
                  values ($1, $2, $3) on conflict do nothing",
@@ -192,29 +207,32 @@ pub async fn apply(pool: &PgPool, rbac: &Rbac, envelope: &Envelope) -> Result<()
             .bind(m.workspace_id)
             .bind(&m.role)
             .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+            .await
+            .map_err(storage)?;
+            tx.commit().await.map_err(storage)?;
             tracing::info!(user_id = %m.user_id, workspace_id = %m.workspace_id, role = %m.role, "role assigned");
         }
         "membership.removed" => {
-            let r: Removal = decode(envelope)?;
-            same_tenant(envelope, r.workspace_id)?;
+            let r: Removal = decode(job)?;
+            same_tenant(job.tenant, r.workspace_id)?;
             sqlx::query(
                 "delete from arq_auth_role_assignments where subject = $1 and bound_tenant_id = $2",
             )
             .bind(r.user_id.to_string())
             .bind(r.workspace_id)
             .execute(pool)
-            .await?;
+            .await
+            .map_err(storage)?;
             tracing::info!(user_id = %r.user_id, workspace_id = %r.workspace_id, "roles revoked");
         }
         "workspace.deleted" => {
-            let d: Deletion = decode(envelope)?;
-            same_tenant(envelope, d.workspace_id)?;
+            let d: Deletion = decode(job)?;
+            same_tenant(job.tenant, d.workspace_id)?;
             sqlx::query("delete from arq_auth_role_assignments where bound_tenant_id = $1")
                 .bind(d.workspace_id)
                 .execute(pool)
-                .await?;
+                .await
+                .map_err(storage)?;
             tracing::info!(workspace_id = %d.workspace_id, "every role in the workspace revoked");
         }
         other => tracing::debug!(message_type = other, "not a membership event; ignored"),
@@ -222,47 +240,17 @@ pub async fn apply(pool: &PgPool, rbac: &Rbac, envelope: &Envelope) -> Result<()
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Settles one delivery by the outcome of [`apply`].
-async fn settle<D: Delivery>(
-    delivery: D,
-    config: &QueueConfig,
-    outcome: Result<(), ApplyError>,
-) -> Result<(), arq_queue::QueueError> {
-    let attempt = delivery.envelope().attempt;
-    let id = delivery.envelope().id;
-    match outcome {
-        Ok(()) => delivery.ack().await,
-        Err(e) => {
-            let failure = Failure {
-                attempt,
-                at_ms: now_ms(),
-                error: e.to_string(),
-            };
-            let last = matches!(e, ApplyError::Permanent(_)) || attempt >= config.max_attempts;
-            if last {
-                tracing::error!(message_id = %id, error = %e, attempt, "membership event dead-lettered");
-                delivery.dead_letter(failure).await
-            } else {
-                tracing::warn!(message_id = %id, error = %e, attempt, "membership event failed; retrying");
-                delivery.retry(failure, config.retry_delay).await
-            }
-        }
-    }
-}
-
 /// Consumes the memberships queue until `shutdown` completes: connects to RabbitMQ (retrying
-/// while it is unreachable), declares the queue, then applies each event ([`apply`]) and
-/// settles it. The message in hand when `shutdown` completes is finished first.
+/// while it is unreachable), declares the queue, then runs a [`Worker`] that applies each event
+/// and settles it (ack, retry later, or dead-letter), recording into `metrics`. Once `shutdown`
+/// completes, the event in hand may finish within `drain`; one still running then is left
+/// unacknowledged and redelivered to the next start (applying it again is harmless).
 pub async fn run(
     pool: PgPool,
     rbac: Arc<Rbac>,
     settings: QueueSettings,
+    metrics: QueueMetrics,
+    drain: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let topology = settings.topology()?;
@@ -272,27 +260,19 @@ pub async fn run(
     else {
         return Ok(());
     };
-    let config = settings.queue_config();
-    let mut consumer = queue.backend().consume(&config).await?;
-    tracing::info!(queue = %config.name, "consuming membership events");
-    loop {
-        let next = tokio::select! {
-            () = &mut shutdown => break,
-            next = consumer.next() => next,
-        };
-        match next {
-            None => break,
-            // The backend reconnects by itself; the next call resumes.
-            Some(Err(e)) => tracing::warn!(error = %e, "receiving membership events failed"),
-            Some(Ok(delivery)) => {
-                let outcome = apply(&pool, &rbac, delivery.envelope()).await;
-                if let Err(e) = settle(delivery, &config, outcome).await {
-                    // Unsettled, the message is redelivered; applying it again is harmless.
-                    tracing::warn!(error = %e, "settling a membership event failed");
-                }
-            }
-        }
-    }
-    consumer.close().await;
+    let name = settings.queue_name();
+    let worker = Worker::new(queue.with_metrics(metrics))
+        .handle(&name, move |job: Job<MembershipEvent>| {
+            let (pool, rbac) = (pool.clone(), rbac.clone());
+            async move { apply(&pool, &rbac, &job).await }
+        })?
+        .shutdown_deadline(drain);
+    tracing::info!(queue = %name, "consuming membership events");
+    let report = worker.run(shutdown).await?;
+    tracing::info!(
+        settled = report.settled,
+        abandoned = report.abandoned,
+        "membership consumer stopped"
+    );
     Ok(())
 }

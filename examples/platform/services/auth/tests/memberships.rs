@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use arq_auth::{JwkSet, KeyRing, StaticJwks, Verifier};
 use arq_core::TenantId;
+use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
-use arq_queue::{Envelope, Payload, Queue, RabbitBackend};
+use arq_queue::{Envelope, Payload, Queue, QueueMetrics, RabbitBackend};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -213,11 +214,14 @@ async fn membership_events_decide_the_roles_a_login_gets() {
         }
     };
 
+    let registry = MetricsRegistry::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let consumer = tokio::spawn(svc::memberships::run(
         platform.pool.clone(),
         svc::rbac(&platform.settings).unwrap(),
         settings.clone(),
+        QueueMetrics::register(&registry).unwrap(),
+        Duration::from_secs(5),
         async move {
             let _ = stopped.await;
         },
@@ -301,6 +305,19 @@ async fn membership_events_decide_the_roles_a_login_gets() {
         .expect("the consumer stops on request")
         .unwrap()
         .unwrap();
+    // The worker's metrics (what /metrics shows): nine deliveries, the poison one
+    // dead-lettered, the rest acknowledged, none retried.
+    let metrics = registry.encode();
+    let queue = settings.queue_name();
+    for (counter, value) in [
+        ("delivered", 9),
+        ("acked", 8),
+        ("dead_lettered", 1),
+        ("retried", 0),
+    ] {
+        let line = format!("arq_queue_{counter}_total{{queue=\"{queue}\"}} {value}\n");
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
     drop(publisher);
     backend.delete(&topology).await.unwrap();
 }
@@ -316,6 +333,8 @@ async fn the_token_endpoint_works_while_rabbitmq_is_unreachable() {
         platform.pool.clone(),
         svc::rbac(&platform.settings).unwrap(),
         settings,
+        QueueMetrics::unregistered(),
+        Duration::from_secs(5),
         async move {
             let _ = stopped.await;
         },
