@@ -15,22 +15,23 @@
 //!
 //! # Failures
 //! An event that no retry can fix (no tenant, a type that is not a short name, a
-//! `workspace.created` without a name) goes to the dead-letter queue at once with the reason;
-//! one that fails for a passing reason (the database) is retried through the wait queue after
-//! `retry_delay` and dead-lettered after `max_attempts`.
+//! `workspace.created` without a name, a payload that is not JSON) goes to the dead-letter queue
+//! at once with the reason ([`arq_queue::HandlerError::permanent`]); one that fails for a passing
+//! reason (the database, or counting outlasting the queue's handler timeout) is retried through
+//! the wait queue after `retry_delay` and dead-lettered after `max_attempts`.
 //!
-//! Why not arq-queue's [`Worker`](arq_queue::Worker): its typed [`Job`](arq_queue::Job) carries
-//! no message type, and counting by type is this consumer's whole job. [`consume`] is the small
-//! loop that settles each delivery the way the worker would (ack, retry after a delay, dead
-//! letter with the failure), one delivery at a time: counting is one short transaction, and
-//! events of one tenant and day would contend for the same counter row anyway.
+//! The consumer is an arq-queue [`Worker`](arq_queue::Worker) ([`crate::queue::run_events`])
+//! with one handler for every bound type: a [`Job`] of [`AnyEvent`] carries its envelope's type.
+//! It handles up to its prefetch at once: each event is its own short transaction, and two
+//! events of one tenant and day wait for each other on their counter row only.
 
-use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
-use arq_queue::{Backend, Consumer, Delivery, Envelope, Failure, Queue, QueueConfig, QueueError};
+use arq_core::TenantId;
+use arq_queue::{Envelope, Job, Message, MessageId};
 use arq_tenancy::{TenantPool, TxError};
 use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The routing keys the events queue is bound to on the platform exchange.
@@ -68,9 +69,6 @@ pub enum EventError {
     /// The database failed; a later attempt may succeed.
     #[error("counting the event failed: {0}")]
     Database(#[from] TxError),
-    /// Counting took longer than the queue's handler timeout; a later attempt may succeed.
-    #[error("counting the event took longer than {0:?}")]
-    TimedOut(Duration),
 }
 
 impl From<sqlx::Error> for EventError {
@@ -79,25 +77,76 @@ impl From<sqlx::Error> for EventError {
     }
 }
 
-/// The UTC day of an envelope's created-at.
-pub fn day_of(envelope: &Envelope) -> Option<NaiveDate> {
-    let ms = i64::try_from(envelope.created_at_ms).ok()?;
+/// The events queue's message: any JSON payload, whatever the type (the queue is bound to
+/// several); [`Job::message_type`] tells the types apart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AnyEvent(pub Value);
+
+impl Message for AnyEvent {
+    // Only consumed, never published by this type: what is counted is the envelope's type.
+    const TYPE: &'static str = "analytics.any-event";
+}
+
+/// What [`record`] reads of an event: its envelope's id, type, tenant and created-at, and its
+/// payload (only `workspace.created`'s is looked into).
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The message id, stable across redeliveries.
+    pub id: MessageId,
+    /// The event type (the routing key it was published with).
+    pub message_type: Arc<str>,
+    /// The workspace the event belongs to.
+    pub tenant: Option<TenantId>,
+    /// When it was first published, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The payload, or `None` when it is not JSON.
+    pub payload: Option<Value>,
+}
+
+impl From<&Envelope> for Event {
+    fn from(envelope: &Envelope) -> Self {
+        Self {
+            id: envelope.id,
+            message_type: envelope.message_type.clone(),
+            tenant: envelope.tenant,
+            created_at_ms: envelope.created_at_ms,
+            payload: envelope.payload.decode().ok(),
+        }
+    }
+}
+
+impl From<Job<AnyEvent>> for Event {
+    fn from(job: Job<AnyEvent>) -> Self {
+        Self {
+            id: job.id,
+            message_type: job.message_type,
+            tenant: job.tenant,
+            created_at_ms: job.created_at_ms,
+            payload: Some(job.payload.0),
+        }
+    }
+}
+
+/// The UTC day of a created-at in ms since the Unix epoch.
+pub fn day_of(created_at_ms: u64) -> Option<NaiveDate> {
+    let ms = i64::try_from(created_at_ms).ok()?;
     DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.date_naive())
 }
 
 /// `workspace.created`'s name: `name`, or `workspace.name`, trimmed.
-fn workspace_name(envelope: &Envelope) -> Result<String, EventError> {
+fn workspace_name(event: &Event) -> Result<String, EventError> {
     let reject = |why: &str| {
         EventError::Rejected(format!(
             "workspace.created {} {why}: analytics records the tenant's name from the payload's \
              \"name\" (or \"workspace\": {{\"name\"}}), 1 to {MAX_TENANT_NAME_CHARS} characters",
-            envelope.id
+            event.id
         ))
     };
-    let payload: Value = envelope
+    let payload = event
         .payload
-        .decode()
-        .map_err(|_| reject("has a payload that is not JSON"))?;
+        .as_ref()
+        .ok_or_else(|| reject("has a payload that is not JSON"))?;
     let name = payload
         .get("name")
         .or_else(|| payload.get("workspace").and_then(|w| w.get("name")))
@@ -115,13 +164,14 @@ fn workspace_name(envelope: &Envelope) -> Result<String, EventError> {
 
 /// Counts one event in a transaction of its tenant, recording its message id there too
 /// (see the module docs).
-pub async fn record(tenants: &TenantPool, envelope: &Envelope) -> Result<Recorded, EventError> {
-    let kind = envelope.message_type.to_string();
-    let Some(tenant) = envelope.tenant else {
+pub async fn record(tenants: &TenantPool, event: impl Into<Event>) -> Result<Recorded, EventError> {
+    let event: Event = event.into();
+    let kind = event.message_type.to_string();
+    let Some(tenant) = event.tenant else {
         return Err(EventError::Rejected(format!(
             "{kind} {} has no tenant: analytics counts per workspace, so events must carry the \
              workspace id as the envelope's tenant (Envelope::with_tenant)",
-            envelope.id
+            event.id
         )));
     };
     if kind.is_empty()
@@ -131,24 +181,24 @@ pub async fn record(tenants: &TenantPool, envelope: &Envelope) -> Result<Recorde
         return Err(EventError::Rejected(format!(
             "event {} has a type that is empty, has control characters or is longer than \
              {MAX_EVENT_TYPE_CHARS} characters",
-            envelope.id
+            event.id
         )));
     }
-    let Some(day) = day_of(envelope) else {
+    let Some(day) = day_of(event.created_at_ms) else {
         return Err(EventError::Rejected(format!(
             "{kind} {} has a created-at ({} ms) that is not a date",
-            envelope.id, envelope.created_at_ms
+            event.id, event.created_at_ms
         )));
     };
     let workspace = if kind == "workspace.created" {
         let created_at = DateTime::<Utc>::from_timestamp_millis(
-            i64::try_from(envelope.created_at_ms).unwrap_or(i64::MAX),
+            i64::try_from(event.created_at_ms).unwrap_or(i64::MAX),
         );
-        Some((workspace_name(envelope)?, created_at))
+        Some((workspace_name(&event)?, created_at))
     } else {
         None
     };
-    let id = *envelope.id.as_uuid();
+    let id = *event.id.as_uuid();
     tenants
         .run(tenant, |tx| {
             Box::pin(async move {
@@ -191,97 +241,4 @@ pub async fn record(tenants: &TenantPool, envelope: &Envelope) -> Result<Recorde
             })
         })
         .await
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Settles one delivery: ack when counted (or a duplicate), dead-letter when rejected, retry
-/// after `retry_delay` when the database failed (dead-letter after `max_attempts`).
-async fn settle<D: Delivery>(delivery: D, config: &QueueConfig, tenants: &TenantPool) {
-    let (id, kind, attempt) = {
-        let env = delivery.envelope();
-        (env.id, env.message_type.clone(), env.attempt)
-    };
-    let outcome =
-        tokio::time::timeout(config.handler_timeout, record(tenants, delivery.envelope()))
-            .await
-            .unwrap_or(Err(EventError::TimedOut(config.handler_timeout)));
-    let failure = |error: String| Failure {
-        attempt,
-        at_ms: now_ms(),
-        error,
-    };
-    let settled = match outcome {
-        Ok(recorded) => {
-            tracing::debug!(%id, %kind, ?recorded, "event counted");
-            delivery.ack().await
-        }
-        Err(EventError::Rejected(reason)) => {
-            tracing::warn!(%id, %kind, %reason, "event dead-lettered");
-            delivery.dead_letter(failure(reason)).await
-        }
-        Err(e) if attempt < config.max_attempts => {
-            tracing::warn!(%id, %kind, attempt, error = %e, retry_in_ms = u64::try_from(config.retry_delay.as_millis()).unwrap_or(u64::MAX), "event will be retried");
-            delivery
-                .retry(failure(e.to_string()), config.retry_delay)
-                .await
-        }
-        Err(e) => {
-            tracing::error!(%id, %kind, attempt, error = %e, "event dead-lettered after its last attempt");
-            delivery.dead_letter(failure(e.to_string())).await
-        }
-    };
-    if let Err(e) = settled {
-        // Unsettled, the message comes back; its id makes the second count a no-op.
-        tracing::warn!(%id, %kind, error = %e, "settling the event failed; it will be redelivered");
-    }
-}
-
-/// Consumes `config` (declared in `queue`'s topology) until `shutdown` completes, counting each
-/// event ([`record`]) and settling it; the delivery in hand when `shutdown` completes is
-/// finished first. Returns how many deliveries were settled, once `shutdown` completed; an
-/// error when the consumer could not start or the broker closed it (start it again).
-pub async fn consume<B: Backend>(
-    queue: &Queue<B>,
-    config: &QueueConfig,
-    tenants: &TenantPool,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<u64, QueueError> {
-    let mut consumer = queue.backend().consume(config).await?;
-    tokio::pin!(shutdown);
-    let mut settled = 0;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let delivery = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            next = consumer.next() => match next {
-                None => {
-                    return Err(QueueError::Connection {
-                        backend: queue.backend().name(),
-                        reason: format!("the consumer of {} was closed", config.name),
-                    });
-                }
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => {
-                    tracing::warn!(queue = %config.name, error = %e, "consuming events failed; retrying");
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(50);
-        settle(delivery, config, tenants).await;
-        settled += 1;
-    }
-    consumer.close().await;
-    Ok(settled)
 }

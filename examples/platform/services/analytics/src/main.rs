@@ -98,6 +98,9 @@ async fn run() -> anyhow::Result<()> {
         &settings.queue.exchange,
     );
     let registry = MetricsRegistry::global().clone();
+    // Registered once (metric names are unique per registry) and shared by the two consumers
+    // and the relay: their deliveries, acks, retries, dead letters and publishes on /metrics.
+    let queue_metrics = arq_queue::QueueMetrics::register(&registry)?;
 
     // One shutdown signal for the three background tasks: a watch whose sender is dropped (or
     // used) after the server has drained.
@@ -129,26 +132,27 @@ async fn run() -> anyhow::Result<()> {
     let tasks = [
         spawn(
             "the events consumer",
-            svc::queue::run_events(settings.queue.clone(), tenants.clone(), signal()),
+            svc::queue::run_events(
+                settings.queue.clone(),
+                tenants.clone(),
+                queue_metrics.clone(),
+                drain,
+                signal(),
+            ),
         ),
         spawn(
             "the report.generate consumer",
             svc::queue::run_reports(
                 settings.queue.clone(),
                 tenants.clone(),
-                registry.clone(),
+                queue_metrics.clone(),
                 drain,
                 signal(),
             ),
         ),
         spawn(
             "the outbox relay",
-            svc::queue::run_relay(
-                relay_pool,
-                settings.queue.clone(),
-                registry.clone(),
-                signal(),
-            ),
+            svc::queue::run_relay(relay_pool, settings.queue.clone(), queue_metrics, signal()),
         ),
     ];
 

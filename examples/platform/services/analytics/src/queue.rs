@@ -3,7 +3,8 @@
 //! [`arq_queue::connect_rabbitmq_retrying`]:
 //!
 //! - [`run_events`]: the domain events consumer ([`crate::events`]) on `analytics.events`,
-//!   bound to [`events::BINDINGS`];
+//!   bound to [`events::BINDINGS`], an arq-queue [`Worker`] handling up to its prefetch (10)
+//!   at once;
 //! - [`run_reports`]: the `report.generate` consumer ([`crate::reports::generate`]), an
 //!   arq-queue [`Worker`] with prefetch 5 and concurrency 5;
 //! - [`run_relay`]: the outbox relay, which publishes the `report.generate` messages that
@@ -16,22 +17,27 @@
 //! queue, report requests in the outbox. Readiness (`/health/ready`) deliberately does not
 //! include the broker: taking the service out of the load balancer would turn a broker outage
 //! into an API outage.
+//!
+//! # Metrics
+//! The three tasks record into one [`QueueMetrics`] registered once on the service's registry
+//! (`serve` does it), so `/metrics` shows `arq_queue_delivered_total`, `arq_queue_acked_total`,
+//! `arq_queue_retried_total`, `arq_queue_dead_lettered_total`, the depth gauges and the handler
+//! times per queue, and `arq_queue_published_total` for the relay.
 
 use std::future::Future;
 use std::time::Duration;
 
 use arq_core::config::Secret;
-use arq_core::metrics::MetricsRegistry;
 use arq_queue::outbox::Relay;
 use arq_queue::{
-    HandlerError, Job, Queue, QueueConfig, QueueError, QueueMetrics, RabbitBackend, Topology,
-    Worker, connect_rabbitmq_retrying,
+    HandlerError, Job, Message, Queue, QueueConfig, QueueError, QueueMetrics, RabbitBackend,
+    Topology, Worker, connect_rabbitmq_retrying,
 };
 use arq_tenancy::TenantPool;
 use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
 
-use crate::events;
+use crate::events::{self, AnyEvent, EventError};
 use crate::reports::{self, GenerateReport};
 
 /// The prefetch (and concurrency) of `report.generate`: the platform's number for reports.
@@ -92,7 +98,8 @@ fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret<String>, D::Error> {
 }
 
 impl QueueSettings {
-    /// The events queue, bound to every pattern of [`events::BINDINGS`].
+    /// The events queue, bound to every pattern of [`events::BINDINGS`]; its prefetch (10)
+    /// events are counted at once.
     pub fn events_queue(&self) -> QueueConfig {
         let mut config = QueueConfig::new(format!("{}{}", self.prefix, self.events_queue))
             .max_attempts(self.max_attempts)
@@ -147,20 +154,14 @@ async fn connect(
     Ok(queue)
 }
 
-/// Registers arq-queue's metrics once per registry; a second registration (a test running two
-/// tasks in one registry) keeps the first.
-fn with_metrics(queue: Queue<RabbitBackend>, registry: &MetricsRegistry) -> Queue<RabbitBackend> {
-    match QueueMetrics::register(registry) {
-        Ok(metrics) => queue.with_metrics(metrics),
-        Err(_) => queue,
-    }
-}
-
-/// Counts domain events until `shutdown` completes (see [`crate::events`]). A consumer the
-/// broker closed (or that failed to start) is started again after a backoff.
+/// Counts domain events until `shutdown` completes (see [`crate::events`]), recording into
+/// `metrics`; the events being counted then may finish within `drain` (what is still running
+/// is redelivered later, and its id keeps it from being counted twice).
 pub async fn run_events(
     settings: QueueSettings,
     tenants: TenantPool,
+    metrics: QueueMetrics,
+    drain: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), QueueError> {
     tokio::pin!(shutdown);
@@ -174,17 +175,64 @@ pub async fn run_events(
     else {
         return Ok(());
     };
+    let handler = move |job: Job<AnyEvent>| {
+        let tenants = tenants.clone();
+        async move {
+            let (id, kind) = (job.id, job.message_type.clone());
+            match events::record(&tenants, job).await {
+                Ok(recorded) => {
+                    tracing::debug!(%id, %kind, ?recorded, "event counted");
+                    Ok(())
+                }
+                Err(EventError::Rejected(reason)) => Err(HandlerError::permanent(reason)),
+                Err(e) => Err(HandlerError::retry(e)),
+            }
+        }
+    };
     let config = settings.events_queue();
+    run_worker(
+        queue.with_metrics(metrics),
+        &config,
+        handler,
+        drain,
+        &mut shutdown,
+    )
+    .await
+}
+
+/// Runs a [`Worker`] with `handler` on `config` until `shutdown` completes. A worker that could
+/// not start its consumer is started again after a backoff.
+async fn run_worker<T, H, Fut>(
+    queue: Queue<RabbitBackend>,
+    config: &QueueConfig,
+    handler: H,
+    drain: Duration,
+    shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
+) -> Result<(), QueueError>
+where
+    T: Message,
+    H: Fn(Job<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
     let mut backoff = Backoff::default();
     loop {
-        match events::consume(&queue, &config, &tenants, &mut shutdown).await {
-            Ok(settled) => {
-                tracing::info!(settled, "events consumer stopped");
+        let worker = Worker::new(queue.clone())
+            .handle(&config.name, handler.clone())?
+            .shutdown_deadline(drain);
+        // `run` fails only while starting its consumers; it returns Ok once shutdown completed.
+        match worker.run(&mut *shutdown).await {
+            Ok(report) => {
+                tracing::info!(
+                    queue = %config.name,
+                    settled = report.settled,
+                    abandoned = report.abandoned,
+                    "consumer stopped"
+                );
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!(error = %e, queue = %config.name, "the events consumer stopped; restarting it");
-                if !backoff.wait(&mut shutdown).await {
+                tracing::warn!(error = %e, queue = %config.name, "the consumer could not start; retrying");
+                if !backoff.wait(shutdown).await {
                     return Ok(());
                 }
             }
@@ -214,12 +262,12 @@ impl Backoff {
     }
 }
 
-/// Generates reports until `shutdown` completes, then lets the reports in progress finish
-/// within `drain` (what is still running then is redelivered later).
+/// Generates reports until `shutdown` completes, recording into `metrics`, then lets the
+/// reports in progress finish within `drain` (what is still running then is redelivered later).
 pub async fn run_reports(
     settings: QueueSettings,
     tenants: TenantPool,
-    registry: MetricsRegistry,
+    metrics: QueueMetrics,
     drain: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), QueueError> {
@@ -234,48 +282,32 @@ pub async fn run_reports(
     else {
         return Ok(());
     };
-    let queue = with_metrics(queue, &registry);
     let config = settings.reports_queue();
     let max_attempts = config.max_attempts;
-    let mut backoff = Backoff::default();
-    loop {
-        let handler_tenants = tenants.clone();
-        let worker = Worker::new(queue.clone())
-            .handle(&config.name, move |job: Job<GenerateReport>| {
-                let tenants = handler_tenants.clone();
-                async move {
-                    reports::generate(&tenants, &job, max_attempts).await?;
-                    Ok::<(), HandlerError>(())
-                }
-            })?
-            .shutdown_deadline(drain);
-        // `run` fails only while starting its consumers; it returns Ok once shutdown completed.
-        match worker.run(&mut shutdown).await {
-            Ok(report) => {
-                tracing::info!(
-                    settled = report.settled,
-                    abandoned = report.abandoned,
-                    "report.generate consumer stopped"
-                );
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, queue = %config.name, "the report.generate consumer could not start; retrying");
-                if !backoff.wait(&mut shutdown).await {
-                    return Ok(());
-                }
-            }
+    let handler = move |job: Job<GenerateReport>| {
+        let tenants = tenants.clone();
+        async move {
+            reports::generate(&tenants, &job, max_attempts).await?;
+            Ok::<(), HandlerError>(())
         }
-    }
+    };
+    run_worker(
+        queue.with_metrics(metrics),
+        &config,
+        handler,
+        drain,
+        &mut shutdown,
+    )
+    .await
 }
 
 /// Publishes the outbox (report requests) until `shutdown` completes, with arq-queue's
 /// [`Relay`] on `pool` (connected as `arq_relay` with
-/// [`arq_queue::outbox::connect_relay_pool`]).
+/// [`arq_queue::outbox::connect_relay_pool`]), recording into `metrics`.
 pub async fn run_relay(
     pool: PgPool,
     settings: QueueSettings,
-    registry: MetricsRegistry,
+    metrics: QueueMetrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), QueueError> {
     tokio::pin!(shutdown);
@@ -289,7 +321,7 @@ pub async fn run_relay(
     else {
         return Ok(());
     };
-    Relay::new(pool, with_metrics(queue, &registry))
+    Relay::new(pool, queue.with_metrics(metrics))
         .poll_interval(Duration::from_millis(settings.relay_poll_interval_ms))
         .run(shutdown)
         .await

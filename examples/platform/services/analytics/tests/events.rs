@@ -16,7 +16,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use ::analytics::queue;
-use arq_queue::{Queue, QueueError, RabbitBackend};
+use arq_core::metrics::MetricsRegistry;
+use arq_queue::{Queue, QueueError, QueueMetrics, RabbitBackend};
 use chrono::NaiveDate;
 use common::{Api, at, event, eventually, tenant};
 use serde_json::json;
@@ -43,10 +44,13 @@ async fn published_events_are_counted_per_tenant_day_and_type_once_per_message()
     let publisher = Queue::new(backend.clone(), settings.events_topology())
         .await
         .unwrap();
+    let registry = MetricsRegistry::new();
     let (stop, stopped) = watch::channel(());
     let consumer = tokio::spawn(queue::run_events(
         settings.clone(),
         api.tenants.clone(),
+        QueueMetrics::register(&registry).unwrap(),
+        Duration::from_secs(5),
         signal(&stopped),
     ));
 
@@ -143,6 +147,21 @@ async fn published_events_are_counted_per_tenant_day_and_type_once_per_message()
         .unwrap();
     // Everything was acknowledged: nothing ready, nothing dead.
     let config = settings.events_queue();
+    // The worker's metrics (what /metrics shows): eleven deliveries (the duplicates too), each
+    // acknowledged, none retried or dead-lettered.
+    let metrics = registry.encode();
+    for (counter, value) in [
+        ("delivered", 11),
+        ("acked", 11),
+        ("retried", 0),
+        ("dead_lettered", 0),
+    ] {
+        let line = format!(
+            "arq_queue_{counter}_total{{queue=\"{}\"}} {value}\n",
+            config.name
+        );
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
     let stats = publisher.list().await.unwrap();
     let events_queue = stats.iter().find(|q| q.name == config.name).unwrap();
     assert_eq!(events_queue.stats.depth(), 0, "{stats:?}");
@@ -168,6 +187,8 @@ async fn an_event_without_a_tenant_is_dead_lettered_with_the_reason_and_blocks_n
     let consumer = tokio::spawn(queue::run_events(
         settings.clone(),
         api.tenants.clone(),
+        QueueMetrics::unregistered(),
+        Duration::from_secs(5),
         signal(&stopped),
     ));
     let poison = event("task.created", None, at("2030-02-01", 8, 0), json!({}));
@@ -235,19 +256,21 @@ async fn the_background_tasks_wait_for_the_broker_without_holding_the_api_back()
         tokio::spawn(queue::run_events(
             settings.clone(),
             api.tenants.clone(),
+            QueueMetrics::unregistered(),
+            Duration::from_secs(1),
             signal(&stopped),
         )),
         tokio::spawn(queue::run_reports(
             settings.clone(),
             api.tenants.clone(),
-            arq_core::metrics::MetricsRegistry::new(),
+            QueueMetrics::unregistered(),
             Duration::from_secs(1),
             signal(&stopped),
         )),
         tokio::spawn(queue::run_relay(
             api.db.relay_pool().await,
             settings.clone(),
-            arq_core::metrics::MetricsRegistry::new(),
+            QueueMetrics::unregistered(),
             signal(&stopped),
         )),
     ];

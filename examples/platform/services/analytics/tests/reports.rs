@@ -17,8 +17,7 @@ use std::time::Duration;
 use ::analytics::events;
 use ::analytics::queue;
 use ::analytics::reports::GenerateReport;
-use arq_core::metrics::MetricsRegistry;
-use arq_queue::{Envelope, Queue, RabbitBackend};
+use arq_queue::{Envelope, Queue, QueueMetrics, RabbitBackend};
 use axum::http::StatusCode;
 use common::{Api, at, event, eventually, report, tenant};
 use serde_json::{Value, json};
@@ -45,13 +44,13 @@ async fn start(
         tokio::spawn(queue::run_relay(
             api.db.relay_pool().await,
             settings.clone(),
-            MetricsRegistry::new(),
+            QueueMetrics::unregistered(),
             signal(&stopped),
         )),
         tokio::spawn(queue::run_reports(
             settings,
             api.tenants.clone(),
-            MetricsRegistry::new(),
+            QueueMetrics::unregistered(),
             Duration::from_secs(5),
             signal(&stopped),
         )),
