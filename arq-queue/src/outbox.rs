@@ -217,7 +217,21 @@ pub struct Relay<B> {
     queue: Queue<B>,
     batch: i64,
     poll_interval: Duration,
+    unroutable_retry: Option<Duration>,
     crash_after_publish: bool,
+}
+
+/// How a row held back as unroutable is marked (`last_error` starts with it): the one kind of
+/// failure that a deployment fixes by itself (the consumer declares its queue later), so
+/// [`Relay::run`] puts such rows back in line, unlike rows that can never be published.
+const UNROUTABLE_MARK: &str = "unroutable: ";
+
+/// The `last_error` a failed row is marked with.
+fn failure_text(e: &QueueError) -> String {
+    match e {
+        QueueError::Unroutable { .. } => format!("{UNROUTABLE_MARK}{e}"),
+        other => other.to_string(),
+    }
 }
 
 impl<B: Backend> Relay<B> {
@@ -229,8 +243,37 @@ impl<B: Backend> Relay<B> {
             queue,
             batch: 500,
             poll_interval: Duration::from_millis(100),
+            unroutable_retry: Some(Duration::from_secs(30)),
             crash_after_publish: false,
         }
+    }
+
+    /// How often [`run`](Self::run) puts rows held back as unroutable back in line (default
+    /// every 30 s, for rows that failed at least that long ago); `None` leaves them to
+    /// [`retry_failed`]. An unroutable event usually means the consuming service has not
+    /// declared its queue yet (a deployment order), which fixes itself: without this, those
+    /// events would wait for an operator. Rows that can never be published (an undecodable
+    /// envelope, an unknown exchange) are never retried automatically.
+    #[must_use]
+    pub const fn retry_unroutable_every(mut self, interval: Option<Duration>) -> Self {
+        self.unroutable_retry = interval;
+        self
+    }
+
+    /// Puts the rows marked unroutable at least `older_than` ago back in line; returns how many.
+    /// [`run`](Self::run) calls it on its own schedule ([`retry_unroutable_every`](Self::retry_unroutable_every)).
+    pub async fn requeue_unroutable(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let done = sqlx::query(
+            "update arq_outbox set failed_at = null, last_error = null \
+             where failed_at is not null and failed_at <= now() - make_interval(secs => $1) \
+               and starts_with(last_error, $2)",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(UNROUTABLE_MARK)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db(&e))?;
+        Ok(done.rows_affected())
     }
 
     /// Rows claimed and published per round (one pipelined round of confirms).
@@ -289,7 +332,7 @@ impl<B: Backend> Relay<B> {
                         envelope,
                     });
                 }
-                Err(e) => failed.push((seq, e.to_string())),
+                Err(e) => failed.push((seq, failure_text(&e))),
             }
         }
         let mut published = Vec::with_capacity(seqs.len());
@@ -312,7 +355,7 @@ impl<B: Backend> Relay<B> {
                         Err(e @ (QueueError::Connection { .. } | QueueError::Closed)) => {
                             return Err(e);
                         }
-                        Err(e) => failed.push((seq, e.to_string())),
+                        Err(e) => failed.push((seq, failure_text(&e))),
                     }
                 }
             }
@@ -345,7 +388,20 @@ impl<B: Backend> Relay<B> {
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<(), QueueError> {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
+            if let Some(every) = self.unroutable_retry
+                && last_sweep.elapsed() >= every
+            {
+                last_sweep = tokio::time::Instant::now();
+                match self.requeue_unroutable(every).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "outbox: unroutable rows put back in line"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox: re-queuing unroutable rows failed");
+                    }
+                }
+            }
             let wait = match self.run_once().await {
                 Ok(n) if n as i64 >= self.batch => Duration::ZERO,
                 Ok(_) => {

@@ -389,6 +389,70 @@ async fn poison_row_is_marked_and_skipped() {
     db.drop_db().await;
 }
 
+/// A running relay puts rows held back as unroutable back in line by itself once their
+/// consumer's queue exists (a deployment order fixes itself); a row that can never be published
+/// (an unknown exchange) stays failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_relay_retries_unroutable_rows_but_not_poison_ones() {
+    let db = TestDb::new().await;
+    let mem = MemoryBackend::new();
+    let q = Queue::new(mem.clone(), topology()).await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let bad = outbox::enqueue_message(&mut tx, "no-such-exchange", Task { n: 1, act: Act::Ok })
+        .await
+        .unwrap();
+    outbox::enqueue(
+        &mut tx,
+        "app",
+        "nobody.listens",
+        &Envelope::new(Task { n: 2, act: Act::Ok }),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let relay = Relay::new(db.pool.clone(), q.clone())
+        .poll_interval(Duration::from_millis(20))
+        .retry_unroutable_every(Some(Duration::from_millis(100)));
+    assert_eq!(relay.run_once().await.unwrap(), 0);
+    let mut c = db.pool.acquire().await.unwrap();
+    assert_eq!(outbox::failed_rows(&mut c, 10).await.unwrap().len(), 2);
+
+    // The consumer of `nobody.*` arrives; the running relay notices without an operator.
+    let late =
+        Topology::new(["app"]).queue_config(QueueConfig::new("late").bind("app", "nobody.#"));
+    let late_q = Queue::new(mem.clone(), late).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            relay
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = late_q.list().await.unwrap()[0].stats.ready;
+        if ready == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the unroutable row was not re-published within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let failed = outbox::failed_rows(&mut c, 10).await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, bad);
+    drop(c);
+    db.drop_db().await;
+}
+
 /// The tenant runtime role can enqueue (INSERT only) but cannot read the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_role_can_enqueue_but_not_read() {
