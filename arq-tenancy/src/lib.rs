@@ -15,6 +15,7 @@
 //! | [`audit`] | the start-up audit: [`audit::audit`] returns a report, [`audit::ensure_safe`] refuses to start |
 //! | [`propagate`] | tenant into and out of HTTP headers and queue envelopes |
 //! | [`crypto`] | envelope encryption of fields, blind indexes, an encrypted sqlx column type |
+//! | `testing` | (feature `testing`) `TestDatabase`: a database of its own per test, migrated, per-role pools, dropped at the end |
 //!
 //! Deployment behind PgBouncer is described in `docs/tenancy.md`.
 //!
@@ -34,6 +35,8 @@ pub mod db;
 pub mod migrate;
 pub mod propagate;
 pub mod resolve;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tx;
 
 pub use arq_core::TenantId;
