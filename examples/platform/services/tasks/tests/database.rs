@@ -8,23 +8,16 @@ mod common;
 
 use arq_core::metrics::MetricsRegistry;
 use axum::http::StatusCode;
-use common::{Api, TestDb, tasks, tenant};
+use common::{Api, Role, database, tasks, tenant};
 use serde_json::json;
 
 use ::tasks as svc;
 
 #[tokio::test]
 async fn the_runtime_pool_refuses_a_database_that_does_not_isolate_tenants() {
-    let (db, _tenants) = TestDb::new().await;
+    let (db, _tenants) = database().await;
     // The administrator is a superuser: row level security does not apply to it.
-    let o = &db.admin;
-    let admin_url = format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        db.name
-    );
+    let admin_url = db.url(Role::Admin);
     let err = svc::connect_tenants(admin_url, &svc::DatabaseSettings { max_connections: 2 })
         .await
         .expect_err("a superuser's pool must not serve tenants");

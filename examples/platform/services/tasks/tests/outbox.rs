@@ -16,7 +16,7 @@ use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
 use arq_queue::{Backend, Consumer, Delivery, Queue, QueueConfig, RabbitBackend, Topology};
 use axum::http::StatusCode;
-use common::{Api, task, tenant};
+use common::{Api, Role, task, tenant};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -72,7 +72,7 @@ async fn an_assigned_task_sends_email_send_through_rabbitmq() {
         .unwrap();
     let mut mails = backend.consume(&mail).await.unwrap();
 
-    let (stop, relay) = spawn_relay(&api, api.db.relay_pool().await, &amqp);
+    let (stop, relay) = spawn_relay(&api, api.relay_pool().await, &amqp);
     let t = tenant();
     let alice = api.token("alice", t, "member");
     let created = api
@@ -163,7 +163,7 @@ async fn an_assigned_task_sends_email_send_through_rabbitmq() {
 async fn requests_succeed_while_rabbitmq_is_unreachable() {
     let api = Api::new().await;
     // Nothing listens on port 1: the relay keeps retrying, requests do not notice.
-    let (stop, relay) = spawn_relay(&api, api.db.relay_pool().await, "amqp://127.0.0.1:1/%2f");
+    let (stop, relay) = spawn_relay(&api, api.relay_pool().await, "amqp://127.0.0.1:1/%2f");
     let t = tenant();
     let alice = api.token("alice", t, "member");
     let created = api
@@ -219,7 +219,7 @@ async fn only_the_relay_role_reads_the_outbox() {
     assert!(read.to_string().contains("permission denied"), "{read}");
     drop(tx);
     // Nor can it pose as the relay: the relay's start-up check says what to do.
-    let err = svc::relay::connect_pool(&api.db.url("arq_app"))
+    let err = svc::relay::connect_pool(&api.db.url(Role::App))
         .await
         .unwrap_err();
     let message = format!("{err:#}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ::tasks::dependencies::{self, DependencyError};
 use axum::http::StatusCode;
 use chrono::{SecondsFormat, Utc};
-use common::{Api, ROUTE, deps, task, tasks, tenant};
+use common::{Api, ROUTE, Role, deps, task, tasks, tenant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -738,9 +738,7 @@ async fn concurrent_opposite_dependencies_let_exactly_one_win() {
         outcome
     });
     // Wait (bounded) until the second transaction is blocked on the graph lock.
-    let admin = sqlx::PgPool::connect_with(api.db.admin.clone().database(&api.db.name))
-        .await
-        .unwrap();
+    let admin = api.db.pool(Role::Admin, 1).await;
     let mut waited = Duration::ZERO;
     loop {
         let waiting: i64 = sqlx::query_scalar(
