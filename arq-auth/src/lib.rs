@@ -4,7 +4,8 @@
 //!
 //! - **verification** ([`Verifier`], [`KeyRing`]): strict RS256 JWTs with keys by `kid` from a
 //!   JWKS (local, or fetched through OIDC discovery), refreshed on unknown `kid`s at a bounded
-//!   rate, with a cache of verified tokens that never outlives them;
+//!   rate, with a cache of verified tokens that never outlives them; [`AuthSettings`] is a
+//!   service's `[auth]` configuration section and builds its verifier;
 //! - **the principal** ([`Principal`]): subject, tenants, roles, permissions, attributes, `amr`;
 //!   an axum extractor and the [`AuthLayer`] that accepts bearer tokens and API keys and inserts
 //!   [`arq_core::CallerIdentity`] for tenancy;
@@ -58,6 +59,7 @@ mod principal;
 mod rbac;
 mod refresh;
 mod roles;
+mod settings;
 mod signing;
 mod store;
 mod verify;
@@ -79,6 +81,7 @@ pub use refresh::{
     IssuedRefreshToken, REFRESH_TOKEN_TTL, RefreshError, RefreshGrant, RefreshTokenStore,
 };
 pub use roles::{RoleError, RoleStore};
+pub use settings::{AuthSettings, AuthSettingsError, KEY_REFRESH_INTERVAL};
 pub use signing::{SigningError, SigningKey, SigningKeyRing};
 pub use store::{MIGRATIONS_TABLE, migrate};
 pub use verify::{ConfigError, MAX_LEEWAY_SECS, Verifier, VerifierConfig};
