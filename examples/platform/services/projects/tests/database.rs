@@ -6,22 +6,15 @@
 
 mod common;
 
-use common::TestDb;
+use common::{Role, database};
 
 use ::projects as svc;
 
 #[tokio::test]
 async fn the_runtime_pool_refuses_a_database_that_does_not_isolate_tenants() {
-    let (db, _tenants) = TestDb::new().await;
+    let (db, _tenants) = database().await;
     // The administrator is a superuser: row level security does not apply to it.
-    let o = &db.admin;
-    let admin_url = format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        db.name
-    );
+    let admin_url = db.url(Role::Admin);
     let err = svc::connect_tenants(admin_url, &svc::DatabaseSettings { max_connections: 2 })
         .await
         .expect_err("a superuser's pool must not serve tenants");
@@ -31,12 +24,8 @@ async fn the_runtime_pool_refuses_a_database_that_does_not_isolate_tenants() {
 
 #[tokio::test]
 async fn every_tenant_table_has_forced_row_level_security() {
-    let (db, _tenants) = TestDb::new().await;
-    let owner = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(db.role("arq_owner"))
-        .await
-        .unwrap();
+    let (db, _tenants) = database().await;
+    let owner = db.pool(Role::Owner, 1).await;
     let tables: Vec<(String, bool, bool)> = sqlx::query_as(
         "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c \
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' \

@@ -18,7 +18,7 @@ use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
 use arq_queue::{Backend, Consumer, Delivery, RabbitBackend};
 use axum::http::StatusCode;
-use common::{Api, project, tenant};
+use common::{Api, Role, project, tenant};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -69,7 +69,7 @@ async fn project_events_reach_rabbitmq_in_order_with_their_tenant() {
     let backend = RabbitBackend::connect(&amqp).await.unwrap();
     let topology = svc::relay::topology(&api.settings.queue).unwrap();
     let events_queue = api.settings.queue.events_queue_name().unwrap();
-    let (stop, relay) = spawn_relay(&api, api.db.relay_pool().await, &amqp);
+    let (stop, relay) = spawn_relay(&api, api.relay_pool().await, &amqp);
 
     let t = tenant();
     let alice = api.token("alice", t, "manager");
@@ -143,7 +143,7 @@ async fn project_events_reach_rabbitmq_in_order_with_their_tenant() {
 async fn requests_succeed_while_rabbitmq_is_unreachable() {
     let api = Api::new().await;
     // Nothing listens on port 1: the relay keeps retrying, requests do not notice.
-    let (stop, relay) = spawn_relay(&api, api.db.relay_pool().await, "amqp://127.0.0.1:1/%2f");
+    let (stop, relay) = spawn_relay(&api, api.relay_pool().await, "amqp://127.0.0.1:1/%2f");
     let t = tenant();
     let alice = api.token("alice", t, "member");
     let created = api.create(&alice, json!({ "name": "offline" })).await;
@@ -204,7 +204,7 @@ async fn events_are_written_in_the_transaction_of_the_change() {
     assert!(read.to_string().contains("permission denied"), "{read}");
     drop(tx);
     // Nor can it pose as the relay: the relay's start-up check says what to do.
-    let err = svc::relay::connect_pool(&api.db.url("arq_app"))
+    let err = svc::relay::connect_pool(&api.db.url(Role::App))
         .await
         .unwrap_err();
     let message = format!("{err:#}");

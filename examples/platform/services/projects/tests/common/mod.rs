@@ -1,9 +1,9 @@
 //! What the integration tests share: a database of their own on the real PostgreSQL
-//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test) created by the
-//! administrator, migrated as `arq_owner`, served as `arq_app` and relayed as `arq_relay` (the
-//! roles of arq-tenancy's `sql/roles.sql` and this service's `sql/relay-role.sql`), dropped at
-//! the end; and the API in-process (`oneshot`), with tokens signed by a test-only key
-//! (`tests/keys/`).
+//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test; arq-tenancy's
+//! `testing::TestDatabase`) created by the administrator, migrated as `arq_owner`, served as
+//! `arq_app` and relayed as `arq_relay` (the roles of arq-tenancy's `sql/roles.sql` and this
+//! service's `sql/relay-role.sql`), dropped at the end; and the API in-process (`oneshot`), with
+//! tokens signed by a test-only key (`tests/keys/`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,130 +11,41 @@
     reason = "tests; each test binary uses part of this module"
 )]
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
 use arq_core::TenantId;
-use arq_core::testing::{TestService, require};
 use arq_tenancy::TenantPool;
+pub use arq_tenancy::testing::{Role, TestDatabase};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgPool};
+use sqlx::PgPool;
 use tower::ServiceExt;
 
 use ::projects as svc;
 
 pub use svc::ROUTE;
 
-/// A database of its own, dropped when the test ends (also when it fails).
-pub struct TestDb {
-    pub name: String,
-    pub admin: PgConnectOptions,
-}
-
-impl TestDb {
-    pub async fn new() -> (Self, TenantPool) {
-        // Panics with a message naming the URL and how to start PostgreSQL when it is unreachable.
-        let url = require(TestService::Postgres);
-        let admin = PgConnectOptions::from_str(&url).unwrap();
-        let name = format!("{}_test_{}", svc::NAME, uuid::Uuid::new_v4().simple());
-        let mut conn = admin
-            .connect()
-            .await
-            .expect("connect to PostgreSQL as its administrator");
-        // The relay role, as an administrator creates it (idempotent; the DO block may race
-        // with another test binary's, which is harmless once the role exists).
-        let role = include_str!("../../sql/relay-role.sql");
-        if let Err(e) = sqlx::raw_sql(role).execute(&mut conn).await {
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_relay')",
-            )
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-            assert!(exists, "creating arq_relay failed: {e}");
-        }
-        conn.execute(AssertSqlSafe(format!(
-            "CREATE DATABASE {name} OWNER arq_owner"
-        )))
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-        let db = Self { name, admin };
-        let owner = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(db.role("arq_owner"))
-            .await
-            .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)");
-        svc::migrator().run(&owner).await.unwrap();
-        owner.close().await;
-        // The pool `main` builds, after the same start-up audit: the database must isolate
-        // tenants.
-        let tenants = svc::connect_tenants(
-            db.url("arq_app"),
-            &svc::DatabaseSettings { max_connections: 8 },
-        )
-        .await
-        .expect("connect as arq_app");
-        (db, tenants)
-    }
-
-    /// Connection options for `role` (whose password is its name, as in development).
-    pub fn role(&self, role: &str) -> PgConnectOptions {
-        self.admin
-            .clone()
-            .username(role)
-            .password(role)
-            .database(&self.name)
-    }
-
-    /// The URL of this database for `role`.
-    pub fn url(&self, role: &str) -> String {
-        let o = &self.admin;
-        format!(
-            "postgres://{role}:{role}@{}:{}/{}",
-            o.get_host(),
-            o.get_port(),
-            self.name
-        )
-    }
-
-    /// A pool connected as `arq_relay`, checked as `main` checks it.
-    pub async fn relay_pool(&self) -> PgPool {
-        svc::relay::connect_pool(&self.url("arq_relay"))
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; drop the database from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+/// A database of its own (arq-tenancy's `TestDatabase`: dropped with the handle, also when the
+/// test fails) with the relay role, migrated as `arq_owner`, and the pool `main` builds on it
+/// after the same start-up audit (the database must isolate tenants).
+pub async fn database() -> (TestDatabase, TenantPool) {
+    let db = TestDatabase::create(svc::NAME).await;
+    // The relay role, as an administrator creates it: cluster-wide, raced by other test binaries.
+    db.cluster_sql_idempotent(include_str!("../../sql/relay-role.sql"))
+        .await;
+    db.migrate(&svc::migrator()).await;
+    let tenants = svc::connect_tenants(
+        db.url(Role::App),
+        &svc::DatabaseSettings { max_connections: 8 },
+    )
+    .await
+    .expect("connect as arq_app");
+    (db, tenants)
 }
 
 pub struct Api {
@@ -142,7 +53,7 @@ pub struct Api {
     pub tenants: TenantPool,
     pub settings: svc::Settings,
     keys: SigningKeyRing,
-    pub db: TestDb,
+    pub db: TestDatabase,
 }
 
 impl Api {
@@ -152,7 +63,7 @@ impl Api {
 
     /// The API publishing to `exchange` (default: the configured one).
     pub async fn with_exchange(exchange: Option<&str>) -> Self {
-        let (db, tenants) = TestDb::new().await;
+        let (db, tenants) = database().await;
         let mut settings = svc::load_settings().unwrap();
         if let Some(e) = exchange {
             settings.queue.exchange = e.to_owned();
@@ -280,10 +191,17 @@ impl Api {
         (status, value)
     }
 
+    /// A pool connected as `arq_relay`, checked as `main` checks it.
+    pub async fn relay_pool(&self) -> PgPool {
+        svc::relay::connect_pool(&self.db.url(Role::Relay))
+            .await
+            .unwrap()
+    }
+
     /// The outbox rows as `(tenant_id, routing_key, payload)`, oldest first, read as the relay
     /// role.
     pub async fn outbox(&self) -> Vec<(uuid::Uuid, String, Value)> {
-        let pool = self.db.relay_pool().await;
+        let pool = self.relay_pool().await;
         let rows: Vec<(uuid::Uuid, String, Vec<u8>)> =
             sqlx::query_as("SELECT tenant_id, routing_key, envelope FROM arq_outbox ORDER BY seq")
                 .fetch_all(&pool)
