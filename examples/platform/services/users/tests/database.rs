@@ -5,22 +5,15 @@
 
 mod common;
 
-use common::TestDb;
+use common::{Role, database};
 use users as svc;
 use users::crypto::{BLIND_INDEX_KEY_FILE_VAR, Crypto, EncryptionSettings, KEK_FILE_VAR};
 
 #[tokio::test]
 async fn the_runtime_pool_refuses_a_database_that_does_not_isolate_tenants() {
-    let (db, _tenants) = TestDb::new().await;
+    let (db, _tenants) = database().await;
     // The administrator is a superuser: row level security does not apply to it.
-    let o = &db.admin;
-    let admin_url = format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        db.name
-    );
+    let admin_url = db.url(Role::Admin);
     let err = svc::connect_tenants(admin_url, &svc::DatabaseSettings { max_connections: 2 })
         .await
         .expect_err("a superuser's pool must not serve tenants");
@@ -30,7 +23,7 @@ async fn the_runtime_pool_refuses_a_database_that_does_not_isolate_tenants() {
 
 #[tokio::test]
 async fn the_keys_load_only_from_two_usable_different_files() {
-    let (_db, tenants) = TestDb::new().await;
+    let (_db, tenants) = database().await;
     let dir = std::env::temp_dir().join(format!("users-keys-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&dir).unwrap();
     let (kek, index, bad) = (dir.join("kek"), dir.join("index"), dir.join("bad"));

@@ -10,7 +10,7 @@ mod common;
 use arq_tenancy::TenantId;
 use arq_tenancy::crypto::{Encrypted, LocalKekProvider};
 use axum::http::StatusCode;
-use common::{Api, me, random_key, tenant, user};
+use common::{Api, Role, me, random_key, tenant, user};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Executor, PgPool};
 use users::crypto::Crypto;
@@ -63,7 +63,7 @@ async fn contact_data_is_ciphertext_at_rest() {
         json!({ "display_name": "Ada", "email": "Ada.Lovelace@Example.com", "phone": "+44 20 7946 0958" }),
     )
     .await;
-    let owner = api.db.owner_pool().await;
+    let owner = api.db.pool(Role::Owner, 1).await;
     let (email, phone, index, text) = raw_row(&owner, t, ada).await;
     let phone = phone.unwrap();
     for plain in [
@@ -119,7 +119,7 @@ async fn the_blind_index_differs_per_workspace_and_never_crosses_it() {
         json!({ "display_name": "Bea", "email": "SHARED@example.com" }),
     )
     .await;
-    let owner = api.db.owner_pool().await;
+    let owner = api.db.pool(Role::Owner, 1).await;
     let (_, _, in_a, _) = raw_row(&owner, a, ada).await;
     let (_, _, in_b, _) = raw_row(&owner, b, bea).await;
     assert_ne!(
@@ -158,7 +158,7 @@ async fn a_ciphertext_moved_to_another_row_does_not_decrypt() {
         .await;
     }
     // Someone with write access to the table copies Ada's sealed address into Bob's row.
-    let owner = api.db.owner_pool().await;
+    let owner = api.db.pool(Role::Owner, 1).await;
     as_owner_in(&owner, t, async |c| {
         sqlx::query(
             "UPDATE profiles SET email = (SELECT email FROM profiles WHERE user_id = $1) \
@@ -206,7 +206,7 @@ async fn profiles_stay_readable_across_data_key_and_kek_rotation() {
         json!({ "display_name": "Bob", "email": "bob@example.com" }),
     )
     .await;
-    let owner = api.db.owner_pool().await;
+    let owner = api.db.pool(Role::Owner, 1).await;
     let key_of = |row: RawRow| Encrypted::from_bytes(row.0).unwrap().key_id();
     assert_eq!(key_of(raw_row(&owner, t, ada).await), 1);
     assert_eq!(key_of(raw_row(&owner, t, bob).await), 2);
@@ -254,7 +254,7 @@ async fn profiles_stay_readable_across_data_key_and_kek_rotation() {
 async fn lookups_are_answered_by_their_indexes_under_row_level_security() {
     let api = Api::new().await;
     let tenants = [tenant(), tenant(), tenant()];
-    let owner = api.db.owner_pool().await;
+    let owner = api.db.pool(Role::Owner, 1).await;
     // 3 workspaces × 2 000 profiles; 1 in 100 prefers the dark theme. Contact columns hold
     // placeholder bytes: EXPLAIN never opens them.
     for t in tenants {

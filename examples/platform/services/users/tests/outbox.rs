@@ -16,7 +16,7 @@ use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
 use arq_queue::{Backend, Consumer, Delivery, RabbitBackend};
 use axum::http::StatusCode;
-use common::{Api, me, tenant, user};
+use common::{Api, Role, me, tenant, user};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -63,7 +63,7 @@ async fn profile_events_reach_rabbitmq_without_personal_data() {
     let unique = format!("users-test-{}", Uuid::new_v4().simple());
     let mut api = Api::with_exchange(Some(&unique)).await;
     api.settings.queue.prefix = format!("{unique}.");
-    let (stop, relay) = spawn_relay(&api, api.db.relay_pool().await, &amqp);
+    let (stop, relay) = spawn_relay(&api, api.relay_pool().await, &amqp);
 
     let t = tenant();
     let ada = Uuid::new_v4();
@@ -135,7 +135,7 @@ async fn profile_events_reach_rabbitmq_without_personal_data() {
 async fn requests_succeed_while_rabbitmq_is_unreachable() {
     let api = Api::new().await;
     // Nothing listens on port 1: the relay keeps retrying, requests do not notice.
-    let (stop, relay) = spawn_relay(&api, api.db.relay_pool().await, "amqp://127.0.0.1:1/%2f");
+    let (stop, relay) = spawn_relay(&api, api.relay_pool().await, "amqp://127.0.0.1:1/%2f");
     let t = tenant();
     let ada = Uuid::new_v4();
     api.put_me(
@@ -173,7 +173,7 @@ async fn the_runtime_role_only_inserts_into_the_outbox() {
         .unwrap_err();
     assert!(read.to_string().contains("permission denied"), "{read}");
     drop(tx);
-    let err = arq_queue::outbox::connect_relay_pool(&api.db.url("arq_app"))
+    let err = arq_queue::outbox::connect_relay_pool(&api.db.url(Role::App))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("arq_relay"), "{err}");
