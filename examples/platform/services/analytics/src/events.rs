@@ -208,7 +208,7 @@ pub async fn record(tenants: &TenantPool, event: impl Into<Event>) -> Result<Rec
                 )
                 .bind(id)
                 .bind(&kind)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected()
                     == 1;
@@ -223,7 +223,7 @@ pub async fn record(tenants: &TenantPool, event: impl Into<Event>) -> Result<Rec
                 )
                 .bind(day)
                 .bind(&kind)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
                 if let Some((name, created_at)) = workspace {
                     // The first workspace.created of a tenant wins; there should be only one.
@@ -234,7 +234,7 @@ pub async fn record(tenants: &TenantPool, event: impl Into<Event>) -> Result<Rec
                     )
                     .bind(name)
                     .bind(created_at)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 Ok(Recorded::Counted)

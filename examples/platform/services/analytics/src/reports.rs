@@ -416,7 +416,7 @@ pub async fn generate(
                 )
                 .bind(id)
                 .bind(reason)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(GenerateError::from)
             })

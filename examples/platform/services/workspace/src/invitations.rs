@@ -190,7 +190,7 @@ pub async fn create(
         .bind(code_hash(&code))
         .bind(inviter)
         .bind(VALIDITY_DAYS)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await
         .map_err(|e| problems::database(&e))?;
     events::invitation_created(&state, &mut tx, id, invitation_id, &role).await?;
@@ -248,7 +248,7 @@ pub async fn accept(
     )
     .bind(code_hash(&acceptance.code))
     .bind(user)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut tx)
     .await
     .map_err(|e| problems::database(&e))?;
     let Some((invitation_id, role)) = used else {
@@ -260,7 +260,7 @@ pub async fn accept(
     )
     .bind(user)
     .bind(&role)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await
     .map_err(|e| problems::database(&e))?
     .rows_affected();

@@ -97,7 +97,7 @@ async fn locked_member(tx: &mut TenantTx, workspace: Uuid, user: Uuid) -> Result
         "SELECT user_id, role, joined_at FROM memberships WHERE user_id = $1 FOR UPDATE",
     )
     .bind(user)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(|e| problems::database(&e))?;
     row.map(member).ok_or_else(|| not_a_member(workspace, user))
@@ -108,7 +108,7 @@ async fn locked_member(tx: &mut TenantTx, workspace: Uuid, user: Uuid) -> Result
 async fn admins(tx: &mut TenantTx) -> Result<i64, Problem> {
     sqlx::query_scalar("SELECT count(*) FROM memberships WHERE role = $1")
         .bind(ADMIN_ROLE)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| problems::database(&e))
 }
@@ -139,7 +139,7 @@ pub async fn list(
     )
     .bind(q.after)
     .bind(i64::from(limit) + 1)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut tx)
     .await
     .map_err(|e| problems::database(&e))?;
     let mut items: Vec<Member> = rows.into_iter().map(member).collect();
@@ -178,7 +178,7 @@ pub async fn set_role(
     )
     .bind(user)
     .bind(&role)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut tx)
     .await
     .map_err(|e| problems::database(&e))?;
     events::membership_changed(&state, &mut tx, id, user, &role, &current.role).await?;
@@ -202,7 +202,7 @@ pub async fn remove(
     }
     sqlx::query("DELETE FROM memberships WHERE user_id = $1")
         .bind(user)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(|e| problems::database(&e))?;
     events::membership_removed(&state, &mut tx, id, user).await?;

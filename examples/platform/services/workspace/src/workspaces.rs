@@ -106,7 +106,7 @@ pub(crate) async fn fetch(tx: &mut TenantTx, id: Uuid, lock: bool) -> Result<Wor
     };
     let row: Option<Row> = sqlx::query_as(sql)
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| problems::database(&e))?;
     row.map(workspace).ok_or_else(|| problems::no_workspace(id))
@@ -137,7 +137,7 @@ pub async fn create(
     )
     .bind(&name)
     .bind(user)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut tx)
     .await
     .map_err(|e| problems::database(&e))?;
     sqlx::query(
@@ -146,7 +146,7 @@ pub async fn create(
     )
     .bind(user)
     .bind(ADMIN_ROLE)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await
     .map_err(|e| problems::database(&e))?;
     events::workspace_created(&state, &mut tx, id, &name, user).await?;
@@ -192,7 +192,7 @@ pub async fn update(
     )
     .bind(id)
     .bind(&name)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut tx)
     .await
     .map_err(|e| problems::database(&e))?;
     events::workspace_updated(&state, &mut tx, id, &name).await?;
@@ -212,7 +212,7 @@ pub async fn delete(
     own(&tx, id)?;
     let deleted = sqlx::query("DELETE FROM workspaces WHERE tenant_id = $1")
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(|e| problems::database(&e))?
         .rows_affected();
