@@ -1,7 +1,8 @@
 //! The SQL a service needs for tenant tables, as sqlx migrations and as text.
 //!
 //! Run [`migrator`] as the **owner** role before the service's own migrations (or copy
-//! `arq-tenancy/migrations/*.sql` into the service's `migrations/`). Then, for every tenant table:
+//! `arq-tenancy/migrations/*.sql` into the service's `migrations/`), or build one migrator of
+//! both with [`with`]. Then, for every tenant table:
 //!
 //! ```sql
 //! CREATE TABLE tasks (
@@ -45,6 +46,41 @@ pub fn migrator() -> Migrator {
         SUPPORT_SQL.into_sql_str(),
         false,
     )])
+}
+
+/// One of a service's own migrations for [`with`]: `(version, name, sql)`.
+pub type ServiceMigration = (i64, &'static str, &'static str);
+
+/// A sqlx migrator running arq-tenancy's support migration ([`SUPPORT_SQL`]) first, then
+/// `ours`, each a simple migration in a transaction of its own. Run it as the owner role.
+///
+/// sqlx applies migrations by ascending version, whatever order they are listed in, and records
+/// each version once: give every migration its own version above [`SUPPORT_VERSION`], and never
+/// change a version or its SQL once it ran somewhere (sqlx refuses a changed checksum).
+///
+/// # Example
+/// ```
+/// use arq_tenancy::migrate;
+///
+/// let m = migrate::with(&[
+///     (20_260_101_000_001, "tasks", "CREATE TABLE tasks (tenant_id uuid NOT NULL)"),
+///     (20_260_101_000_002, "outbox", "SELECT 1"),
+/// ]);
+/// let versions: Vec<i64> = m.iter().map(|m| m.version).collect();
+/// assert_eq!(versions, [migrate::SUPPORT_VERSION, 20_260_101_000_001, 20_260_101_000_002]);
+/// ```
+pub fn with(ours: &[ServiceMigration]) -> Migrator {
+    let mut migrations: Vec<Migration> = migrator().iter().cloned().collect();
+    migrations.extend(ours.iter().map(|&(version, name, sql)| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    }));
+    Migrator::with_migrations(migrations)
 }
 
 /// `SELECT arq.enable_tenant_rls(...)` for `table` and `runtime_role`, with both quoted as SQL

@@ -1,7 +1,8 @@
 //! Pools for tenant transactions: configuration (the seed's 20 connections, PgBouncer in
 //! transaction mode, a read replica) and database observability.
 //!
-//! [`DbConfig::connect`] builds the [`TenantPool`] a service uses. What it observes is described
+//! [`DbConfig::connect_checked`] builds the [`TenantPool`] a service serves from, after the
+//! start-up audit passed ([`DbConfig::connect`] skips the audit). What it observes is described
 //! on [`DbMetrics`]: `db_query_duration_seconds` by statement [`fingerprint`] (queries run through
 //! `&mut tx`, see [`TenantTx`](crate::TenantTx)), a slow-query log that names the fingerprint and
 //! never a parameter value, and the pool gauges.
@@ -28,7 +29,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use arq_core::config::Secret;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 
 pub use fingerprint::{MAX_FINGERPRINT_LEN, fingerprint};
 
@@ -50,6 +52,39 @@ pub enum DbError {
     /// Connecting to the primary failed.
     #[error("connecting to the primary database failed: {0}")]
     Connect(#[source] sqlx::Error),
+}
+
+/// Errors of [`DbConfig::connect_checked`]. Each names what failed; where a cause is wrapped,
+/// it is the [source](std::error::Error::source), so `{:#}` (anyhow) prints
+/// `what failed: why`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckedConnectError {
+    /// The configuration is unusable (a URL that does not parse).
+    #[error(transparent)]
+    Config(DbError),
+    /// The audit connection could not be opened.
+    #[error("cannot connect to PostgreSQL")]
+    Connect(#[source] sqlx::Error),
+    /// The audit failed, or could not read the catalog: the message names every violation.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// The audit connection could not be closed cleanly.
+    #[error("closing the audit connection")]
+    Close(#[source] sqlx::Error),
+    /// The pool could not be built after the audit passed.
+    #[error("cannot connect to PostgreSQL")]
+    Pool(#[source] DbError),
+}
+
+impl CheckedConnectError {
+    /// The audit's report when the database was refused as unsafe.
+    pub fn unsafe_database(&self) -> Option<&crate::audit::UnsafeDatabase> {
+        match self {
+            Self::Audit(crate::audit::AuditError::Unsafe(u)) => Some(u),
+            _ => None,
+        }
+    }
 }
 
 /// How a service connects to its database. Build with [`DbConfig::new`] and the setters.
@@ -203,6 +238,39 @@ impl DbConfig {
         self.connect_with_metrics(DbMetrics::global()).await
     }
 
+    /// The start-up path of a service: runs the tenancy audit ([`crate::audit::ensure_safe`]) on
+    /// one connection made like the pool's (same role, same options), then [`connect`]s. A
+    /// database that would not isolate tenants is refused before any pool exists, with an error
+    /// naming every violation, so the service never starts on it. This is what
+    /// [`TenantPool::checked`] does for a pool built elsewhere.
+    ///
+    /// The replica is not audited: it is a copy of the primary, roles and policies included.
+    ///
+    /// [`connect`]: Self::connect
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn start() -> Result<(), Box<dyn std::error::Error>> {
+    /// use arq_tenancy::db::DbConfig;
+    ///
+    /// let tenants = DbConfig::new("postgres://arq_app@db/app".to_owned())
+    ///     .max_connections(10)
+    ///     .connect_checked()
+    ///     .await?; // "refusing to start: the database is not safe for tenant data ..."
+    /// # let _ = tenants; Ok(()) }
+    /// ```
+    pub async fn connect_checked(&self) -> Result<TenantPool, CheckedConnectError> {
+        let options = self
+            .connect_options(&self.url, "primary")
+            .map_err(CheckedConnectError::Config)?;
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(CheckedConnectError::Connect)?;
+        crate::audit::ensure_safe(&mut conn).await?;
+        conn.close().await.map_err(CheckedConnectError::Close)?;
+        self.connect().await.map_err(CheckedConnectError::Pool)
+    }
+
     /// As [`connect`](Self::connect), recording into `metrics`.
     pub async fn connect_with_metrics(&self, metrics: DbMetrics) -> Result<TenantPool, DbError> {
         let primary = self
@@ -245,3 +313,6 @@ impl DbConfig {
         Ok(pool)
     }
 }
+
+#[cfg(test)]
+mod tests;
