@@ -16,7 +16,7 @@ use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
 use arq_queue::{Backend, Consumer, Delivery, Queue, QueueConfig, RabbitBackend, Topology};
 use axum::http::StatusCode;
-use common::{Api, invitations, user};
+use common::{Api, Role, invitations, user};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -28,7 +28,7 @@ async fn spawn_relay(
     api: &Api,
     url: &str,
 ) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
-    let pool = arq_queue::outbox::connect_relay_pool(&api.db.url("arq_relay"))
+    let pool = arq_queue::outbox::connect_relay_pool(&api.db.url(Role::Relay))
         .await
         .unwrap();
     let mut settings = api.settings.queue.clone();

@@ -12,7 +12,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{Api, ROUTE, accept, invitations, member, members, user, workspace};
+use common::{Api, ROUTE, Role, accept, invitations, member, members, user, workspace};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -546,7 +546,7 @@ async fn an_invitation_is_mailed_and_accepted_once() {
     assert_eq!(workspace_line, id.as_str().unwrap());
     assert_eq!(code.len(), 64);
     // Only the code's hash is stored.
-    let db = api.db.superuser().await;
+    let db = api.db.pool(Role::Admin, 1).await;
     let stored: Vec<u8> = sqlx::query_scalar("SELECT code_sha256 FROM invitations")
         .fetch_one(&db)
         .await
@@ -638,7 +638,7 @@ async fn expired_replaced_and_redundant_invitations_are_refused() {
     let alice = user();
     let ws = api.create(alice, "Acme").await;
     let id = &ws["id"];
-    let db = api.db.superuser().await;
+    let db = api.db.pool(Role::Admin, 1).await;
 
     // Expired: moved into the past behind the API's back.
     let code = invite(&api, id, alice, "old@example.com", "member").await;

@@ -1,8 +1,8 @@
 //! What the integration tests share: a database of their own on the real PostgreSQL
-//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test) created by the
-//! administrator, migrated as `arq_owner`, served as `arq_app` and relayed as `arq_relay`,
-//! dropped at the end; and the API in-process (`oneshot`), with tokens signed by a test-only
-//! key (`tests/keys/`).
+//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test; arq-tenancy's
+//! `testing::TestDatabase`) created by the administrator, migrated as `arq_owner`, served as
+//! `arq_app` and relayed as `arq_relay`, dropped at the end; and the API in-process (`oneshot`),
+//! with tokens signed by a test-only key (`tests/keys/`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,21 +10,18 @@
     reason = "tests; each test binary uses part of this module"
 )]
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
 use arq_core::TenantId;
-use arq_core::testing::{TestService, require};
 use arq_tenancy::TenantPool;
+pub use arq_tenancy::testing::{Role, TestDatabase};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgPool};
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -32,113 +29,25 @@ use ::workspace as svc;
 
 pub use svc::ROUTE;
 
-/// A database of its own, dropped when the test ends (also when it fails).
-pub struct TestDb {
-    pub name: String,
-    pub admin: PgConnectOptions,
-}
-
-impl TestDb {
-    pub async fn new() -> (Self, TenantPool) {
-        // Panics with a message naming the URL and how to start PostgreSQL when it is unreachable.
-        let url = require(TestService::Postgres);
-        let admin = PgConnectOptions::from_str(&url).unwrap();
-        let name = format!("{}_test_{}", svc::NAME, Uuid::new_v4().simple());
-        let mut conn = admin
-            .connect()
-            .await
-            .expect("connect to PostgreSQL as its administrator");
-        // The relay role, as an administrator creates it (idempotent; the DO block may race
-        // with another test binary's, which is harmless once the role exists).
-        if let Err(e) = sqlx::raw_sql(arq_queue::outbox::RELAY_ROLE_SQL)
-            .execute(&mut conn)
-            .await
-        {
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_relay')",
-            )
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-            assert!(exists, "creating arq_relay failed: {e}");
-        }
-        conn.execute(AssertSqlSafe(format!(
-            "CREATE DATABASE {name} OWNER arq_owner"
-        )))
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-        let db = Self { name, admin };
-        let owner = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(db.role("arq_owner"))
-            .await
-            .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)");
-        arq_queue::outbox::require_relay_role(&owner).await.unwrap();
-        svc::migrator().run(&owner).await.unwrap();
-        owner.close().await;
-        // The pool `main` builds, after the same start-up audit.
-        let tenants = svc::connect_tenants(
-            db.url("arq_app"),
-            &svc::DatabaseSettings { max_connections: 8 },
-        )
-        .await
-        .expect("connect as arq_app");
-        (db, tenants)
-    }
-
-    /// Connection options for `role` (whose password is its name, as in development).
-    pub fn role(&self, role: &str) -> PgConnectOptions {
-        self.admin
-            .clone()
-            .username(role)
-            .password(role)
-            .database(&self.name)
-    }
-
-    /// The URL of this database for `role`.
-    pub fn url(&self, role: &str) -> String {
-        let o = &self.admin;
-        format!(
-            "postgres://{role}:{role}@{}:{}/{}",
-            o.get_host(),
-            o.get_port(),
-            self.name
-        )
-    }
-
-    /// A pool connected as the administrator, for the checks a test makes behind the API.
-    pub async fn superuser(&self) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(self.admin.clone().database(&self.name))
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; drop the database from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+/// A database of its own (arq-tenancy's `TestDatabase`: dropped with the handle, also when the
+/// test fails) with the relay role, migrated as `arq_owner`, and the pool `main` builds on it
+/// after the same start-up audit.
+pub async fn database() -> (TestDatabase, TenantPool) {
+    let db = TestDatabase::create(svc::NAME).await;
+    // The relay role, as an administrator creates it: cluster-wide, raced by other test binaries.
+    db.cluster_sql_idempotent(arq_queue::outbox::RELAY_ROLE_SQL)
+        .await;
+    let owner = db.pool(Role::Owner, 1).await;
+    arq_queue::outbox::require_relay_role(&owner).await.unwrap();
+    owner.close().await;
+    db.migrate(&svc::migrator()).await;
+    let tenants = svc::connect_tenants(
+        db.url(Role::App),
+        &svc::DatabaseSettings { max_connections: 8 },
+    )
+    .await
+    .expect("connect as arq_app");
+    (db, tenants)
 }
 
 pub struct Api {
@@ -146,7 +55,7 @@ pub struct Api {
     pub tenants: TenantPool,
     pub settings: svc::Settings,
     keys: SigningKeyRing,
-    pub db: TestDb,
+    pub db: TestDatabase,
 }
 
 impl Api {
@@ -156,7 +65,7 @@ impl Api {
 
     /// The API publishing to `exchange` (default: the configured one).
     pub async fn with_exchange(exchange: Option<&str>) -> Self {
-        let (db, tenants) = TestDb::new().await;
+        let (db, tenants) = database().await;
         let mut settings = svc::load_settings().unwrap();
         if let Some(e) = exchange {
             settings.queue.exchange = e.to_owned();
@@ -262,7 +171,7 @@ impl Api {
     /// The outbox rows as `(tenant_id, routing_key, payload)`, oldest first, read as the relay
     /// role.
     pub async fn outbox(&self) -> Vec<(Uuid, String, Value)> {
-        let pool = arq_queue::outbox::connect_relay_pool(&self.db.url("arq_relay"))
+        let pool = arq_queue::outbox::connect_relay_pool(&self.db.url(Role::Relay))
             .await
             .unwrap();
         let rows: Vec<(Uuid, String, Vec<u8>)> =
