@@ -8,14 +8,14 @@ mod common;
 use ::analytics::events;
 use arq_core::metrics::MetricsRegistry;
 use axum::http::StatusCode;
-use common::{Api, TestDb, at, daily, event, report, reports, tenant};
+use common::{Api, Role, TestDb, at, daily, event, report, reports, tenant};
 use serde_json::json;
 
 #[tokio::test]
 async fn reads_run_on_the_replica_and_writes_on_the_primary() {
     let replica = TestDb::create().await;
     let primary = TestDb::create().await;
-    let tenants = primary.tenants(Some(replica.url("arq_app"))).await;
+    let tenants = primary.tenants(Some(replica.url(Role::App))).await;
     let api = Api::on(primary, tenants, analytics::load_settings().unwrap());
     let (a, b) = (tenant(), tenant());
     let alice = api.token("alice", a, "viewer");

@@ -1,9 +1,9 @@
 //! What the integration tests share: databases of their own on the real PostgreSQL
-//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test) created by the
-//! administrator, migrated as `arq_owner`, served as `arq_app` and relayed as `arq_relay`,
-//! dropped at the end; the API in-process (`oneshot`), with tokens signed by a test-only key
-//! (`tests/keys/`); and, for the tests that use RabbitMQ (`ARQ_TEST_AMQP_URL`), settings whose
-//! exchange and queue prefix are unique to the test.
+//! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test; arq-tenancy's
+//! `testing::TestDatabase`) created by the administrator, migrated as `arq_owner`, served as
+//! `arq_app` and relayed as `arq_relay`, dropped at the end; the API in-process (`oneshot`), with
+//! tokens signed by a test-only key (`tests/keys/`); and, for the tests that use RabbitMQ
+//! (`ARQ_TEST_AMQP_URL`), settings whose exchange and queue prefix are unique to the test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +12,6 @@
     reason = "tests; each test binary uses part of this module"
 )]
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,62 +20,44 @@ use arq_core::TenantId;
 use arq_core::testing::{TestService, require};
 use arq_queue::{Envelope, Payload};
 use arq_tenancy::TenantPool;
+pub use arq_tenancy::testing::{Role, TestDatabase};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgPool};
+use sqlx::{AssertSqlSafe, PgPool};
 use tower::ServiceExt;
 
 use ::analytics as svc;
 
 pub use svc::ROUTE;
 
-/// A database of its own, migrated, dropped when the test ends (also when it fails).
-pub struct TestDb {
-    pub name: String,
-    pub admin: PgConnectOptions,
+/// A migrated database of its own: arq-tenancy's `TestDatabase` (its methods through `Deref`;
+/// dropped with the handle, also when the test fails) and what these tests look at in it.
+pub struct TestDb(TestDatabase);
+
+impl std::ops::Deref for TestDb {
+    type Target = TestDatabase;
+
+    fn deref(&self) -> &TestDatabase {
+        &self.0
+    }
 }
 
 impl TestDb {
-    /// A new migrated database.
+    /// A new database with the relay role, migrated as `arq_owner`.
     pub async fn create() -> Self {
-        // Panics with a message naming the URL and how to start PostgreSQL when it is unreachable.
-        let url = require(TestService::Postgres);
-        let admin = PgConnectOptions::from_str(&url).unwrap();
-        let name = format!("{}_test_{}", svc::NAME, uuid::Uuid::new_v4().simple());
-        let mut conn = admin
-            .connect()
-            .await
-            .expect("connect to PostgreSQL as its administrator");
-        // The relay role, as an administrator creates it (idempotent; the DO block may race
-        // with another test binary's, which is harmless once the role exists).
-        if let Err(e) = sqlx::raw_sql(arq_queue::outbox::RELAY_ROLE_SQL)
-            .execute(&mut conn)
-            .await
-        {
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'arq_relay')",
-            )
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-            assert!(exists, "creating arq_relay failed: {e}");
-        }
-        conn.execute(AssertSqlSafe(format!(
-            "CREATE DATABASE {name} OWNER arq_owner"
-        )))
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-        let db = Self { name, admin };
-        let owner = db.owner_pool().await;
+        let db = TestDatabase::create(svc::NAME).await;
+        // The relay role, as an administrator creates it: cluster-wide, raced by other test
+        // binaries.
+        db.cluster_sql_idempotent(arq_queue::outbox::RELAY_ROLE_SQL)
+            .await;
+        let owner = db.pool(Role::Owner, 1).await;
         arq_queue::outbox::require_relay_role(&owner).await.unwrap();
-        svc::migrator().run(&owner).await.unwrap();
         owner.close().await;
-        db
+        db.migrate(&svc::migrator()).await;
+        Self(db)
     }
 
     /// A new database and the runtime pool `main` builds on it (after the same start-up audit).
@@ -92,53 +73,20 @@ impl TestDb {
         // A replica that does not answer is retried on every read: the tests look at each read.
         database.replica_retry_after_ms = 0;
         database.replica_acquire_timeout_ms = 500;
-        svc::connect_tenants(self.url("arq_app"), replica, &database)
+        svc::connect_tenants(self.url(Role::App), replica, &database)
             .await
             .expect("connect as arq_app")
-    }
-
-    /// A pool connected as the owner role, which runs the migrations.
-    pub async fn owner_pool(&self) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(self.role("arq_owner"))
-            .await
-            .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)")
     }
 
     /// A pool connected as the administrator (a superuser: row-level security does not apply),
     /// to look at every tenant's rows or to write a replica's rows directly.
     pub async fn superuser(&self) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(self.admin.clone().database(&self.name))
-            .await
-            .unwrap()
-    }
-
-    /// Connection options for `role` (whose password is its name, as in development).
-    pub fn role(&self, role: &str) -> PgConnectOptions {
-        self.admin
-            .clone()
-            .username(role)
-            .password(role)
-            .database(&self.name)
-    }
-
-    /// The URL of this database for `role`.
-    pub fn url(&self, role: &str) -> String {
-        let o = &self.admin;
-        format!(
-            "postgres://{role}:{role}@{}:{}/{}",
-            o.get_host(),
-            o.get_port(),
-            self.name
-        )
+        self.pool(Role::Admin, 2).await
     }
 
     /// A pool connected as `arq_relay`, checked as `main` checks it.
     pub async fn relay_pool(&self) -> PgPool {
-        arq_queue::outbox::connect_relay_pool(&self.url("arq_relay"))
+        arq_queue::outbox::connect_relay_pool(&self.url(Role::Relay))
             .await
             .unwrap()
     }
@@ -166,30 +114,6 @@ impl TestDb {
             .unwrap();
         pool.close().await;
         n
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; drop the database from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 
