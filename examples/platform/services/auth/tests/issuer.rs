@@ -6,107 +6,40 @@
 //! the service publishes at `/.well-known/jwks.json`, the platform's issuer and audience.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::str::FromStr;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arq_auth::mfa::{TotpHash, totp_code};
 use arq_auth::{JwkSet, KeyRing, Principal, StaticJwks, Verifier};
 use arq_core::TenantId;
-use arq_core::testing::{TestService, require};
+use arq_tenancy::testing::TestDatabase;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use common::database;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
 use tower::ServiceExt;
 
 use auth as svc;
 use svc::ROUTE;
-
-/// A database of its own, dropped when the test ends (also when it fails).
-struct TestDb {
-    name: String,
-    admin: PgConnectOptions,
-}
-
-impl TestDb {
-    async fn new() -> (Self, PgPool) {
-        // Panics with a message naming the URL and how to start PostgreSQL when it is unreachable.
-        let url = require(TestService::Postgres);
-        let admin = PgConnectOptions::from_str(&url).unwrap();
-        let name = format!("auth_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = admin
-            .connect()
-            .await
-            .expect("connect to PostgreSQL as its administrator");
-        conn.execute(AssertSqlSafe(format!(
-            "CREATE DATABASE {name} OWNER arq_owner"
-        )))
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-        let role = |r: &str| admin.clone().username(r).password(r).database(&name);
-        let owner = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(role("arq_owner"))
-            .await
-            .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)");
-        svc::migrate(&owner).await.unwrap();
-        owner.close().await;
-        let app = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(role("arq_app"))
-            .await
-            .expect("connect as arq_app");
-        // The same start-up audit as `main`.
-        let mut conn = app.acquire().await.unwrap();
-        arq_tenancy::audit::ensure_safe(&mut conn).await.unwrap();
-        drop(conn);
-        (Self { name, admin }, app)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; drop the database from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 struct Api {
     app: Router,
     issuer: arq_auth::issuer::TokenIssuer,
     pool: PgPool,
     settings: svc::Settings,
-    _db: TestDb,
+    _db: TestDatabase,
 }
 
 const PASSWORD: &str = "correct horse battery";
 
 impl Api {
     async fn new() -> Self {
-        let (db, pool) = TestDb::new().await;
+        let (db, pool) = database().await;
         let mut settings = svc::load_settings().unwrap();
         settings.issuer.signing_key_file = concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -9,7 +9,8 @@
     reason = "tests"
 )]
 
-use std::str::FromStr;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,14 +19,14 @@ use arq_core::TenantId;
 use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
 use arq_queue::{Envelope, Payload, Queue, QueueMetrics, RabbitBackend};
+use arq_tenancy::testing::TestDatabase;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use common::database;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -34,76 +35,18 @@ use svc::ROUTE;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// A database of its own, dropped when the test ends.
-struct TestDb {
-    name: String,
-    admin: PgConnectOptions,
-}
-
-impl TestDb {
-    async fn new() -> (Self, PgPool) {
-        let url = require(TestService::Postgres);
-        let admin = PgConnectOptions::from_str(&url).unwrap();
-        let name = format!("auth_test_{}", Uuid::new_v4().simple());
-        let mut conn = admin.connect().await.unwrap();
-        conn.execute(AssertSqlSafe(format!(
-            "CREATE DATABASE {name} OWNER arq_owner"
-        )))
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-        let role = |r: &str| admin.clone().username(r).password(r).database(&name);
-        let owner = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(role("arq_owner"))
-            .await
-            .unwrap();
-        svc::migrate(&owner).await.unwrap();
-        owner.close().await;
-        let app = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(role("arq_app"))
-            .await
-            .unwrap();
-        (Self { name, admin }, app)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 struct Platform {
     app: Router,
     issuer: arq_auth::issuer::TokenIssuer,
     pool: PgPool,
     settings: svc::Settings,
     verifier: Verifier,
-    _db: TestDb,
+    _db: TestDatabase,
 }
 
 impl Platform {
     async fn new() -> Self {
-        let (db, pool) = TestDb::new().await;
+        let (db, pool) = database().await;
         let mut settings = svc::load_settings().unwrap();
         settings.issuer.signing_key_file = concat!(
             env!("CARGO_MANIFEST_DIR"),
