@@ -13,7 +13,6 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arq_auth::{AccessClaims, SigningKey, SigningKeyRing};
@@ -25,93 +24,23 @@ use arq_example_adopt::step5_events::{EventSettings, Events};
 use arq_example_adopt::{self as adopt, Settings, step2_edge, step3_auth, step4_tenancy};
 use arq_queue::RabbitBackend;
 use arq_tenancy::TenantPool;
+use arq_tenancy::testing::{Role, TestDatabase};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgPool};
+use sqlx::PgPool;
 use tower::ServiceExt;
 
-/// A database of its own, dropped when the test ends (also when it fails).
-struct TestDb {
-    name: String,
-    admin: PgConnectOptions,
-}
-
-impl TestDb {
-    /// Creates and migrates the database; returns it with a pool for `arq_app` and one for
-    /// `arq_owner` (what the relay reads the outbox with).
-    async fn new() -> (Self, PgPool, PgPool) {
-        // Panics with a message naming the URL and how to start PostgreSQL when it is unreachable.
-        let url = require(TestService::Postgres);
-        let admin = PgConnectOptions::from_str(&url).unwrap();
-        let name = format!("adopt_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = admin
-            .connect()
-            .await
-            .expect("connect to PostgreSQL as its administrator");
-        conn.execute(AssertSqlSafe(format!(
-            "CREATE DATABASE {name} OWNER arq_owner"
-        )))
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-        let db = Self { name, admin };
-        let owner = PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(db.role("arq_owner"))
-            .await
-            .expect("connect as arq_owner (create the roles with arq-tenancy's sql/roles.sql)");
-        step4_tenancy::migrator().run(&owner).await.unwrap();
-        let app = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(db.role("arq_app"))
-            .await
-            .expect("connect as arq_app");
-        (db, app, owner)
-    }
-
-    fn role(&self, role: &str) -> PgConnectOptions {
-        self.admin
-            .clone()
-            .username(role)
-            .password(role)
-            .database(&self.name)
-    }
-
-    /// The URL of `role` on this database, for the binary.
-    fn url(&self, role: &str) -> String {
-        let url = require(TestService::Postgres);
-        let (base, _) = url.rsplit_once('/').unwrap();
-        let (scheme, rest) = base.split_once("://").unwrap();
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        format!("{scheme}://{role}:{role}@{host}/{}", self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; drop the database from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = admin.connect().await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+/// A database of its own (arq-tenancy's `TestDatabase`: dropped with the handle, also when the
+/// test fails), migrated as `arq_owner`, with a pool for `arq_app` and one for `arq_owner` (what
+/// the relay reads the outbox with).
+async fn database() -> (TestDatabase, PgPool, PgPool) {
+    let db = TestDatabase::create("adopt").await;
+    db.migrate(&step4_tenancy::migrator()).await;
+    let owner = db.pool(Role::Owner, 2).await;
+    let app = db.pool(Role::App, 4).await;
+    (db, app, owner)
 }
 
 /// RabbitMQ names of their own, deleted when the test ends (also when it fails).
@@ -167,14 +96,14 @@ struct Api {
     owner: PgPool,
     keys: SigningKeyRing,
     topology: TestTopology,
-    _db: TestDb,
+    _db: TestDatabase,
 }
 
 impl Api {
     /// The service as `main` composes it (steps 1–4, behind the edge stack of step 2), with a
     /// metrics registry of its own.
     async fn new() -> Self {
-        let (db, app, owner) = TestDb::new().await;
+        let (db, app, owner) = database().await;
         let topology = TestTopology::new();
         let mut settings = adopt::load_settings().unwrap();
         settings.events = topology.events.clone();
@@ -569,15 +498,15 @@ fn missing_environment_is_named_in_the_error() {
 /// `main` as a reader runs it: migrate, serve, create a note, see it consumed, SIGTERM, exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_migrates_serves_and_stops_cleanly() {
-    let (db, app, owner) = TestDb::new().await;
+    let (db, app, owner) = database().await;
     // The binary migrates again: migrations already applied are skipped.
     app.close().await;
     owner.close().await;
     let topology = TestTopology::new();
     let vars = [
-        ("DATABASE_OWNER_URL", db.url("arq_owner")),
-        ("DATABASE_URL", db.url("arq_app")),
-        ("RELAY_DATABASE_URL", db.url("arq_owner")),
+        ("DATABASE_OWNER_URL", db.url(Role::Owner)),
+        ("DATABASE_URL", db.url(Role::App)),
+        ("RELAY_DATABASE_URL", db.url(Role::Owner)),
         ("AMQP_URL", topology.url.clone()),
         ("ARQ__SERVER__ADDR", "127.0.0.1:0".to_owned()),
         ("ARQ__TELEMETRY__LOG_LEVEL", "warn".to_owned()),
