@@ -585,6 +585,7 @@ impl ArqDeps {
             core: arq_dep(src, "arq-core", depth),
             core_gateway: arq_dep_with_features(src, "arq-core", &["gateway"], depth),
             core_testing: arq_dep_with_features(src, "arq-core", &["testing"], depth),
+            tenancy_testing: arq_dep_with_features(src, "arq-tenancy", &["testing"], depth),
             auth: arq_dep(src, "arq-auth", depth),
             tenancy: arq_dep(src, "arq-tenancy", depth),
             queue: arq_dep(src, "arq-queue", depth),
@@ -600,6 +601,8 @@ struct ArqDeps {
     core_gateway: String,
     /// arq-core with its `testing` feature, for dev-dependencies.
     core_testing: String,
+    /// arq-tenancy with its `testing` feature (the per-test database), for dev-dependencies.
+    tenancy_testing: String,
     auth: String,
     tenancy: String,
     queue: String,
