@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arq_auth::VerifierConfig;
 use arq_auth::issuer::{IssuerConfig, TokenIssuer};
 use arq_auth::{AuthLayer, KeyRing, Rbac, RbacConfig, SigningKey, SigningKeyRing, Verifier};
+use arq_auth::{AuthSettingsError, KEY_REFRESH_INTERVAL, VerifierConfig};
 use arq_core::config::{ArqConfig, ConfigLoader, Layers};
 use arq_core::edge::{EdgeService, EdgeStack};
 use arq_core::health::Health;
@@ -111,19 +111,18 @@ fn default_access_ttl() -> u64 {
 }
 
 impl AuthSettings {
-    /// The verifier configuration for this service's own signed-in routes.
-    pub fn verifier_config(&self) -> anyhow::Result<VerifierConfig> {
-        let algorithms = self
-            .algorithms
-            .iter()
-            .map(|a| {
-                a.parse()
-                    .map_err(|_| anyhow::anyhow!("[auth] algorithms: unknown algorithm {a:?}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(VerifierConfig::new(&self.issuer, &self.audience)
-            .with_algorithms(algorithms)
-            .with_leeway_secs(self.leeway_secs))
+    /// The verifier configuration for this service's own signed-in routes: arq-auth's, from the
+    /// same keys (the first unknown algorithm is named).
+    pub fn verifier_config(&self) -> Result<VerifierConfig, AuthSettingsError> {
+        // No jwks_url: this service verifies with its own signing keys, never fetched.
+        arq_auth::AuthSettings {
+            algorithms: self.algorithms.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway_secs: self.leeway_secs,
+            jwks_url: None,
+        }
+        .verifier_config()
     }
 
     /// The issuer configuration: `iss`, `aud` and the access-token lifetime.
@@ -231,7 +230,7 @@ pub fn issuer(
 /// The verifier for this service's own signed-in routes: the issuer's own key ring is the key
 /// source, so no request goes out to fetch the JWKS.
 pub fn verifier(settings: &Settings, keys: &SigningKeyRing) -> anyhow::Result<Verifier> {
-    let ring = KeyRing::new(keys.clone(), Duration::from_secs(30));
+    let ring = KeyRing::new(keys.clone(), KEY_REFRESH_INTERVAL);
     Ok(Verifier::with_rbac(
         settings.auth.verifier_config()?,
         Arc::new(ring),

@@ -15,13 +15,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
+/// `[auth]`: which access tokens the service accepts, arq-auth's settings type (the name this
+/// crate's callers know).
+pub use arq_auth::AuthSettings;
 use arq_auth::policy::PolicySet;
-use arq_auth::{
-    AuthLayer, JwksUrl, KeyRing, OidcDiscovery, Rbac, RbacConfig, Verifier, VerifierConfig,
-};
+use arq_auth::{AuthLayer, RbacConfig, Verifier};
 use arq_core::config::{ArqConfig, ConfigLoader, Layers};
 use arq_core::edge::{EdgeService, EdgeStack};
 use arq_core::health::Health;
@@ -32,9 +32,8 @@ use axum::Router;
 use axum::http::header;
 use axum::routing::{get, put};
 use serde::Deserialize;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::PgConnection;
-use sqlx::{Connection, PgPool, SqlSafeStr};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 
 pub mod crypto;
 pub mod events;
@@ -84,59 +83,18 @@ pub struct DatabaseSettings {
 }
 
 /// The runtime pool (`url` connects as the runtime role), through arq-tenancy's [`DbConfig`]:
-/// its acquire and statement timeouts, query metrics and slow-query log. Before the pool is
-/// built, the start-up audit runs on one connection as the same role, as
-/// [`TenantPool::checked`] does: the service refuses to start on a database that would not
-/// isolate tenants.
+/// its acquire and statement timeouts, query metrics and slow-query log.
+/// [`DbConfig::connect_checked`] runs the start-up audit on one connection as the same role
+/// before the pool is built: the service refuses to start on a database that would not isolate
+/// tenants.
 pub async fn connect_tenants(
     url: String,
     database: &DatabaseSettings,
 ) -> anyhow::Result<TenantPool> {
-    let config = DbConfig::new(url).max_connections(database.max_connections);
-    let options = config.connect_options(&config.url, "primary")?;
-    let mut conn = PgConnection::connect_with(&options)
-        .await
-        .context("cannot connect to PostgreSQL")?;
-    arq_tenancy::audit::ensure_safe(&mut conn).await?;
-    conn.close().await.context("closing the audit connection")?;
-    config
-        .connect()
-        .await
-        .context("cannot connect to PostgreSQL")
-}
-
-/// `[auth]`: which access tokens the service accepts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSettings {
-    /// Accepted signature algorithms (asymmetric only).
-    pub algorithms: Vec<String>,
-    /// The token issuer (`iss`); its OIDC discovery document names the keys.
-    pub issuer: String,
-    /// This service's audience (`aud`).
-    pub audience: String,
-    /// Accepted clock skew.
-    pub leeway_secs: u64,
-    /// The JWKS URL, when the issuer has no discovery document.
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-}
-
-impl AuthSettings {
-    /// The verifier configuration these settings describe.
-    pub fn verifier_config(&self) -> anyhow::Result<VerifierConfig> {
-        let algorithms = self
-            .algorithms
-            .iter()
-            .map(|a| {
-                a.parse()
-                    .map_err(|_| anyhow::anyhow!("[auth] algorithms: unknown algorithm {a:?}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(VerifierConfig::new(&self.issuer, &self.audience)
-            .with_algorithms(algorithms)
-            .with_leeway_secs(self.leeway_secs))
-    }
+    Ok(DbConfig::new(url)
+        .max_connections(database.max_connections)
+        .connect_checked()
+        .await?)
 }
 
 /// Loads and validates the configuration (files, then `ARQ__*` variables), reporting every
@@ -162,8 +120,7 @@ fn settings_from(arq: ArqConfig, layers: &Layers) -> anyhow::Result<Settings> {
 /// `migrations/0001_profiles.sql`, then arq-queue's outbox table and its tenant isolation.
 /// Check [`require_search_operator`] and [`arq_queue::outbox::require_relay_role`] first.
 pub fn migrator() -> Migrator {
-    let mut migrations: Vec<Migration> = arq_tenancy::migrate::migrator().iter().cloned().collect();
-    let ours = [
+    arq_tenancy::migrate::with(&[
         (
             20_260_101_000_001,
             "profiles",
@@ -179,17 +136,7 @@ pub fn migrator() -> Migrator {
             "outbox isolation",
             arq_queue::outbox::TENANT_ISOLATION_MIGRATION,
         ),
-    ];
-    for (version, name, sql) in ours {
-        migrations.push(Migration::new(
-            version,
-            name.into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        ));
-    }
-    Migrator::with_migrations(migrations)
+    ])
 }
 
 /// The administrator's part of the schema, `sql/preferences-search.sql` (the LEAKPROOF jsonb
@@ -228,19 +175,10 @@ pub fn policies() -> anyhow::Result<Arc<PolicySet>> {
     Ok(Arc::new(set))
 }
 
-/// The token verifier for `[auth]`, with keys from the issuer and roles from `[rbac]`.
+/// The token verifier for `[auth]`: keys from `jwks_url`, else the issuer's discovery document
+/// (refreshed at most every 30 s), roles from `[rbac]`.
 pub fn verifier(settings: &Settings) -> anyhow::Result<Verifier> {
-    let refresh = Duration::from_secs(30);
-    let keys = match &settings.auth.jwks_url {
-        Some(url) => KeyRing::new(JwksUrl::new(url)?, refresh),
-        None => KeyRing::new(OidcDiscovery::new(&settings.auth.issuer)?, refresh),
-    };
-    let rbac = Rbac::from_config(&settings.rbac)?;
-    Ok(Verifier::with_rbac(
-        settings.auth.verifier_config()?,
-        Arc::new(keys),
-        Arc::new(rbac),
-    )?)
+    Ok(settings.auth.verifier(&settings.rbac)?)
 }
 
 /// What the handlers share.
