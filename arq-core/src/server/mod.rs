@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod background;
 mod tls;
 
 use std::convert::Infallible;
@@ -40,6 +41,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower_service::Service;
+
+pub use background::{BackgroundTask, StopSignal, Stopped};
 
 use crate::config::{ArqConfig, ServerConfig};
 use crate::edge::{EdgeError, EdgeStack};
