@@ -1,9 +1,17 @@
-//! Helpers for tests that need the real PostgreSQL, Redis or RabbitMQ.
+//! Helpers for tests: the real PostgreSQL, Redis or RabbitMQ, and an API called in-process.
 //!
-//! Each function reads the service's URL from an environment variable (with a loopback default),
+//! [`require`] reads a service's URL from an environment variable (with a loopback default),
 //! checks that something answers there, and panics with instructions when nothing does: a test
 //! that needs a service never passes silently or skips without saying so.
+//!
+//! [`TestClient`] sends requests to a `tower::Service` (an axum `Router`, the edge stack) with
+//! `oneshot`, JSON in and out, an optional bearer token and any extra headers; arq-auth's
+//! `testing::TestIssuer` mints the tokens.
 #![allow(clippy::panic, reason = "test helpers fail the test with instructions")]
+
+mod http;
+
+pub use http::{TestClient, TestRequest, TestResponse};
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
