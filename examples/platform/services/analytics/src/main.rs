@@ -12,16 +12,14 @@
 
 #![forbid(unsafe_code)]
 
-use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
-use arq_core::server::{Server, shutdown_signal};
+use arq_core::server::{BackgroundTask, Server, shutdown_signal};
 use sqlx::postgres::PgPoolOptions;
-use tokio::task::JoinHandle;
 
 use analytics as svc;
 
@@ -52,19 +50,6 @@ fn env(name: &str) -> anyhow::Result<String> {
 /// An optional URL: unset or empty means none.
 fn optional_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// Runs `task` in the background, logging at once if it fails (the API keeps serving).
-fn spawn(
-    what: &'static str,
-    task: impl Future<Output = Result<(), arq_queue::QueueError>> + Send + 'static,
-) -> (&'static str, JoinHandle<()>) {
-    let handle = tokio::spawn(async move {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "{what} stopped; the API keeps serving without it");
-        }
-    });
-    (what, handle)
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -102,15 +87,6 @@ async fn run() -> anyhow::Result<()> {
     // and the relay: their deliveries, acks, retries, dead letters and publishes on /metrics.
     let queue_metrics = arq_queue::QueueMetrics::register(&registry)?;
 
-    // One shutdown signal for the three background tasks: a watch whose sender is dropped (or
-    // used) after the server has drained.
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    let signal = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.changed().await;
-        }
-    };
     // Bind the events queue before announcing the service, so that the services started after
     // this one never publish an event before analytics' queue exists to receive it. Bounded:
     // a broker outage delays the start by 2 s, then the consumer keeps trying on its own.
@@ -129,31 +105,30 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     let drain = settings.arq.server.shutdown_timeout;
+    // Each runs beside the API, which keeps serving if one of them fails (logged at once by
+    // the task itself, and again when it is stopped).
     let tasks = [
-        spawn(
-            "the events consumer",
+        BackgroundTask::spawn("events consumer", |stop| {
             svc::queue::run_events(
                 settings.queue.clone(),
                 tenants.clone(),
                 queue_metrics.clone(),
                 drain,
-                signal(),
-            ),
-        ),
-        spawn(
-            "the report.generate consumer",
+                stop,
+            )
+        }),
+        BackgroundTask::spawn("report.generate consumer", |stop| {
             svc::queue::run_reports(
                 settings.queue.clone(),
                 tenants.clone(),
                 queue_metrics.clone(),
                 drain,
-                signal(),
-            ),
-        ),
-        spawn(
-            "the outbox relay",
-            svc::queue::run_relay(relay_pool, settings.queue.clone(), queue_metrics, signal()),
-        ),
+                stop,
+            )
+        }),
+        BackgroundTask::spawn("outbox relay", |stop| {
+            svc::queue::run_relay(relay_pool, settings.queue.clone(), queue_metrics, stop)
+        }),
     ];
 
     let health = Health::from_config(&settings.arq.health);
@@ -167,13 +142,8 @@ async fn run() -> anyhow::Result<()> {
     let outcome = server.serve(service, shutdown_signal()).await;
     // The consumers finish the messages in hand (unfinished ones are redelivered later) and
     // the relay its round (a round cut short only publishes its rows again on the next start).
-    drop(stop);
-    for (what, task) in tasks {
-        match tokio::time::timeout(drain, task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "{what} panicked"),
-            Err(_) => tracing::warn!("{what} did not stop in time"),
-        }
+    for task in tasks {
+        task.stop(drain).await;
     }
     tracing::info!(?outcome, "stopped");
     Ok(())

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
-use arq_core::server::{Server, shutdown_signal};
+use arq_core::server::{BackgroundTask, Server, shutdown_signal};
 use arq_queue::QueueMetrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -157,17 +157,17 @@ async fn serve(settings: svc::Settings) -> anyhow::Result<()> {
     let registry = MetricsRegistry::global().clone();
     // The consumer's deliveries, acks, retries and dead letters, on /metrics.
     let queue_metrics = QueueMetrics::register(&registry)?;
-    let (stop_consumer, consumer_stopped) = tokio::sync::oneshot::channel::<()>();
-    let consumer = tokio::spawn(svc::memberships::run(
-        pool,
-        svc::rbac(&settings)?,
-        settings.queue.clone(),
-        queue_metrics,
-        settings.arq.server.shutdown_timeout,
-        async move {
-            let _ = consumer_stopped.await;
-        },
-    ));
+    let rbac = svc::rbac(&settings)?;
+    let consumer = BackgroundTask::spawn("membership consumer", |stop| {
+        svc::memberships::run(
+            pool,
+            rbac,
+            settings.queue.clone(),
+            queue_metrics,
+            settings.arq.server.shutdown_timeout,
+            stop,
+        )
+    });
     let health = Health::from_config(&settings.arq.health);
     let service = svc::service(router, &settings.arq, &registry, &health)?;
     let server = Server::bind(&settings.arq.server, health).await?;
@@ -179,13 +179,7 @@ async fn serve(settings: svc::Settings) -> anyhow::Result<()> {
     let outcome = server.serve(service, shutdown_signal()).await;
     // The consumer may finish the event in hand (within the shutdown timeout); an unsettled one
     // is redelivered to the next start.
-    let _ = stop_consumer.send(());
-    match tokio::time::timeout(settings.arq.server.shutdown_timeout, consumer).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the membership consumer failed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "the membership consumer task panicked"),
-        Err(_) => tracing::warn!("the membership consumer did not stop in time"),
-    }
+    consumer.stop(settings.arq.server.shutdown_timeout).await;
     tracing::info!(?outcome, "stopped");
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use arq_core::health::Health;
 use arq_core::metrics::MetricsRegistry;
-use arq_core::server::{Server, shutdown_signal};
+use arq_core::server::{BackgroundTask, Server, shutdown_signal};
 use arq_tenancy::TenantId;
 use sqlx::postgres::PgPoolOptions;
 
@@ -117,15 +117,9 @@ async fn serve(settings: svc::Settings) -> anyhow::Result<()> {
     );
     let registry = MetricsRegistry::global().clone();
     let relay_pool = arq_queue::outbox::connect_relay_pool(&env("DATABASE_RELAY_URL")?).await?;
-    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(svc::relay::run(
-        relay_pool,
-        settings.queue.clone(),
-        registry.clone(),
-        async move {
-            let _ = relay_stopped.await;
-        },
-    ));
+    let relay = BackgroundTask::spawn("outbox relay", |stop| {
+        svc::relay::run(relay_pool, settings.queue.clone(), registry.clone(), stop)
+    });
     let health = Health::from_config(&settings.arq.health);
     let service = svc::service(router, &settings.arq, &registry, &health)?;
     let server = Server::bind(&settings.arq.server, health).await?;
@@ -137,15 +131,7 @@ async fn serve(settings: svc::Settings) -> anyhow::Result<()> {
     let outcome = server.serve(service, shutdown_signal()).await;
     // The relay finishes its round (publish, then delete) before it stops; a round cut short
     // would only publish its rows again on the next start.
-    let _ = stop_relay.send(());
-    match tokio::time::timeout(settings.arq.server.shutdown_timeout, relay).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the outbox relay failed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "the outbox relay task panicked"),
-        Err(_) => tracing::warn!(
-            "the outbox relay did not stop in time; unpublished events stay in the outbox"
-        ),
-    }
+    relay.stop(settings.arq.server.shutdown_timeout).await;
     tracing::info!(?outcome, "stopped");
     Ok(())
 }
