@@ -45,6 +45,7 @@
 //! |---|---|
 //! | `aws-lc-rs` (default) | signatures through aws-lc-rs |
 //! | `rust-crypto` | signatures through the RustCrypto crates instead |
+//! | `testing` | [`testing`]: a test issuer that signs tokens and builds the verifier accepting them |
 
 mod api_keys;
 mod claims;
@@ -88,5 +89,7 @@ pub use verify::{ConfigError, MAX_LEEWAY_SECS, Verifier, VerifierConfig};
 
 pub mod cel;
 pub mod policy;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use policy::{AttributeSource, Decision, PolicySet, PolicyStore};
