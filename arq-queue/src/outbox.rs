@@ -422,6 +422,56 @@ impl<B: Backend> Relay<B> {
     }
 }
 
+/// Relays the outbox of `pool` to RabbitMQ at `url` until `shutdown` completes: connects and
+/// declares `topology`, retrying while the broker is unreachable
+/// ([`connect_rabbitmq_retrying`](crate::connect_rabbitmq_retrying)), then runs a [`Relay`]
+/// polling every `poll_interval` when idle, with `metrics` when given. A broker outage never
+/// ends it (the outbox is the buffer); an invalid topology or a failing database does.
+///
+/// The whole relay a service runs beside its API, e.g. as an `arq_core::server::BackgroundTask`:
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), arq_queue::QueueError> {
+/// use std::time::Duration;
+/// use arq_queue::{QueueConfig, Topology, outbox};
+/// let topology = Topology::new(["platform"])
+///     .queue_config(QueueConfig::new("orders.events").bind("platform", "order.#"));
+/// outbox::run_rabbitmq_relay(
+///     pool,
+///     "amqp://127.0.0.1:5672/%2f",
+///     topology,
+///     None,
+///     Duration::from_millis(200),
+///     std::future::pending(),
+/// )
+/// .await
+/// # }
+/// ```
+#[cfg(feature = "rabbitmq")]
+pub async fn run_rabbitmq_relay(
+    pool: PgPool,
+    url: &str,
+    topology: crate::Topology,
+    metrics: Option<crate::QueueMetrics>,
+    poll_interval: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), QueueError> {
+    tokio::pin!(shutdown);
+    let exchanges = topology.exchanges.join(", ");
+    let Some(queue) = crate::connect_rabbitmq_retrying(url, topology, &mut shutdown).await? else {
+        return Ok(());
+    };
+    let queue = match metrics {
+        Some(m) => queue.with_metrics(m),
+        None => queue,
+    };
+    tracing::info!(exchanges = %exchanges, "outbox relay connected to RabbitMQ");
+    Relay::new(pool, queue)
+        .poll_interval(poll_interval)
+        .run(shutdown)
+        .await
+}
+
 /// Puts rows that could not be published back in line for the relay: `only` these message ids,
 /// or every failed row with `None`. Returns how many were re-queued.
 ///

@@ -1,5 +1,5 @@
 //! The outbox relay: publishes the events committed to `arq_outbox` ([`crate::events`]) to
-//! RabbitMQ and deletes them, with arq-queue's [`Relay`] (broker confirms; at least once, with
+//! RabbitMQ and deletes them, with arq-queue's [`Relay`](arq_queue::outbox::Relay) (broker confirms; at least once, with
 //! the same envelope id on a rare re-publish).
 //!
 //! It runs in the service's process, beside the HTTP server, on its own database role:
@@ -9,7 +9,7 @@
 //! # When RabbitMQ is down
 //! Requests never wait for the broker: an event is a row in the request's transaction, and the
 //! outbox is the buffer. [`run`] keeps trying to connect (`arq_queue::connect_rabbitmq_retrying`, backing off up to 10 s) and, once
-//! connected, [`Relay::run`] retries failed rounds the same way, so events are published when the
+//! connected, [`Relay::run`](arq_queue::outbox::Relay::run) retries failed rounds the same way, so events are published when the
 //! broker is back. Readiness (`/health/ready`) deliberately does **not** include the broker: a
 //! replica that cannot publish still serves every request correctly, and taking it out of the
 //! load balancer would turn a broker outage into an API outage. The relay's state shows in the
@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arq_core::config::Secret;
 use arq_core::metrics::MetricsRegistry;
-use arq_queue::outbox::{self, Relay};
+use arq_queue::outbox;
 use arq_queue::{QueueConfig, QueueMetrics, Topology};
 use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
@@ -93,7 +93,7 @@ pub async fn connect_pool(url: &str) -> anyhow::Result<PgPool> {
 }
 
 /// Publishes the outbox until `shutdown` completes: connects to RabbitMQ (retrying with backoff
-/// while it is unreachable), declares [`topology`], then runs arq-queue's [`Relay`]. Never
+/// while it is unreachable), declares [`topology`], then runs arq-queue's [`Relay`](arq_queue::outbox::Relay). Never
 /// returns an error for a broker outage; see the module docs.
 pub async fn run(
     pool: PgPool,
@@ -101,24 +101,16 @@ pub async fn run(
     registry: MetricsRegistry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let topology = topology(&settings)?;
-    tokio::pin!(shutdown);
-    let Some(queue) =
-        arq_queue::connect_rabbitmq_retrying(settings.url.expose(), topology, &mut shutdown)
-            .await?
-    else {
-        return Ok(());
-    };
-    // Registered once the broker answers; a second registration (a test running the relay twice
-    // in one registry) keeps the first.
-    let queue = match QueueMetrics::register(&registry) {
-        Ok(metrics) => queue.with_metrics(metrics),
-        Err(_) => queue,
-    };
-    tracing::info!(exchange = %settings.exchange, "outbox relay connected to RabbitMQ");
-    Relay::new(pool, queue)
-        .poll_interval(Duration::from_millis(settings.relay_poll_interval_ms))
-        .run(shutdown)
-        .await?;
-    Ok(())
+    // A second registration (a test running the relay twice in one registry) keeps the first.
+    let metrics = QueueMetrics::register(&registry).ok();
+    outbox::run_rabbitmq_relay(
+        pool,
+        settings.url.expose(),
+        topology(&settings)?,
+        metrics,
+        Duration::from_millis(settings.relay_poll_interval_ms),
+        shutdown,
+    )
+    .await
+    .context("the outbox relay stopped")
 }

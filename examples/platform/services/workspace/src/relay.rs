@@ -1,5 +1,5 @@
 //! The outbox relay: publishes the events committed to `arq_outbox` ([`crate::events`]) to
-//! RabbitMQ and deletes them, with arq-queue's [`Relay`] (broker confirms; at least once, with
+//! RabbitMQ and deletes them, with arq-queue's [`Relay`](arq_queue::outbox::Relay) (broker confirms; at least once, with
 //! the same envelope id on a rare re-publish).
 //!
 //! It runs in the service's process, beside the HTTP server, on its own database role,
@@ -8,8 +8,8 @@
 //!
 //! # When RabbitMQ is down
 //! Requests never wait for the broker: an event is a row in the request's transaction, and the
-//! outbox is the buffer. [`run`] connects with [`connect_rabbitmq_retrying`] (backing off, each
-//! failure logged) and, once connected, [`Relay::run`] retries failed rounds the same way.
+//! outbox is the buffer. [`run`] connects with [`connect_rabbitmq_retrying`](arq_queue::connect_rabbitmq_retrying) (backing off, each
+//! failure logged) and, once connected, [`Relay::run`](arq_queue::outbox::Relay::run) retries failed rounds the same way.
 //! Readiness deliberately does **not** include the broker: a replica that cannot publish still
 //! serves every request correctly.
 //!
@@ -27,8 +27,8 @@ use std::time::Duration;
 use anyhow::Context;
 use arq_core::config::Secret;
 use arq_core::metrics::MetricsRegistry;
-use arq_queue::outbox::Relay;
-use arq_queue::{QueueConfig, QueueMetrics, Topology, connect_rabbitmq_retrying};
+use arq_queue::outbox;
+use arq_queue::{QueueConfig, QueueMetrics, Topology};
 use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
 
@@ -93,7 +93,7 @@ pub fn topology(settings: &QueueSettings) -> anyhow::Result<Topology> {
 }
 
 /// Publishes the outbox until `shutdown` completes: connects to RabbitMQ (retrying while it is
-/// unreachable), declares [`topology`], then runs arq-queue's [`Relay`]. A broker outage is
+/// unreachable), declares [`topology`], then runs arq-queue's [`Relay`](arq_queue::outbox::Relay). A broker outage is
 /// never an error; see the module docs.
 pub async fn run(
     pool: PgPool,
@@ -101,23 +101,16 @@ pub async fn run(
     registry: MetricsRegistry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let topology = topology(&settings)?;
-    tokio::pin!(shutdown);
-    let Some(queue) =
-        connect_rabbitmq_retrying(settings.url.expose(), topology, &mut shutdown).await?
-    else {
-        return Ok(());
-    };
-    // Registered once the broker answers; a second registration (a test running the relay twice
-    // in one registry) keeps the first.
-    let queue = match QueueMetrics::register(&registry) {
-        Ok(metrics) => queue.with_metrics(metrics),
-        Err(_) => queue,
-    };
-    tracing::info!(exchange = %settings.exchange, "outbox relay connected to RabbitMQ");
-    Relay::new(pool, queue)
-        .poll_interval(Duration::from_millis(settings.relay_poll_interval_ms))
-        .run(shutdown)
-        .await?;
-    Ok(())
+    // A second registration (a test running the relay twice in one registry) keeps the first.
+    let metrics = QueueMetrics::register(&registry).ok();
+    outbox::run_rabbitmq_relay(
+        pool,
+        settings.url.expose(),
+        topology(&settings)?,
+        metrics,
+        Duration::from_millis(settings.relay_poll_interval_ms),
+        shutdown,
+    )
+    .await
+    .context("the outbox relay stopped")
 }
