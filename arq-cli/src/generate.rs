@@ -587,6 +587,7 @@ impl ArqDeps {
             core_testing: arq_dep_with_features(src, "arq-core", &["testing"], depth),
             tenancy_testing: arq_dep_with_features(src, "arq-tenancy", &["testing"], depth),
             auth: arq_dep(src, "arq-auth", depth),
+            auth_testing: arq_dep_with_features(src, "arq-auth", &["testing"], depth),
             tenancy: arq_dep(src, "arq-tenancy", depth),
             queue: arq_dep(src, "arq-queue", depth),
             queue_rabbitmq: arq_dep_with_features(src, "arq-queue", &["rabbitmq"], depth),
@@ -604,6 +605,8 @@ struct ArqDeps {
     /// arq-tenancy with its `testing` feature (the per-test database), for dev-dependencies.
     tenancy_testing: String,
     auth: String,
+    /// arq-auth with its `testing` feature (the test token issuer), for dev-dependencies.
+    auth_testing: String,
     tenancy: String,
     queue: String,
     /// arq-queue with its `rabbitmq` feature, for workers.
