@@ -28,7 +28,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use arq_core::config::Secret;
-use arq_queue::outbox::Relay;
 use arq_queue::{
     HandlerError, Job, Message, Queue, QueueConfig, QueueError, QueueMetrics, RabbitBackend,
     Topology, Worker, connect_rabbitmq_retrying,
@@ -302,7 +301,7 @@ pub async fn run_reports(
 }
 
 /// Publishes the outbox (report requests) until `shutdown` completes, with arq-queue's
-/// [`Relay`] on `pool` (connected as `arq_relay` with
+/// [`Relay`](arq_queue::outbox::Relay) on `pool` (connected as `arq_relay` with
 /// [`arq_queue::outbox::connect_relay_pool`]), recording into `metrics`.
 pub async fn run_relay(
     pool: PgPool,
@@ -310,19 +309,13 @@ pub async fn run_relay(
     metrics: QueueMetrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), QueueError> {
-    tokio::pin!(shutdown);
-    let Some(queue) = connect(
-        &settings,
+    arq_queue::outbox::run_rabbitmq_relay(
+        pool,
+        settings.url.expose(),
         settings.reports_topology(),
-        "outbox relay",
-        &mut shutdown,
+        Some(metrics),
+        Duration::from_millis(settings.relay_poll_interval_ms),
+        shutdown,
     )
-    .await?
-    else {
-        return Ok(());
-    };
-    Relay::new(pool, queue.with_metrics(metrics))
-        .poll_interval(Duration::from_millis(settings.relay_poll_interval_ms))
-        .run(shutdown)
-        .await
+    .await
 }
