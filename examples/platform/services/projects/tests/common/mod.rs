@@ -2,8 +2,9 @@
 //! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test; arq-tenancy's
 //! `testing::TestDatabase`) created by the administrator, migrated as `arq_owner`, served as
 //! `arq_app` and relayed as `arq_relay` (the roles of arq-tenancy's `sql/roles.sql` and this
-//! service's `sql/relay-role.sql`), dropped at the end; and the API in-process (`oneshot`), with
-//! tokens signed by a test-only key (`tests/keys/`).
+//! service's `sql/relay-role.sql`), dropped at the end; and the API in-process (arq-core's
+//! `TestClient`), with tokens signed by arq-auth's `TestIssuer` with a test-only key
+//! (`tests/keys/`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,20 +12,15 @@
     reason = "tests; each test binary uses part of this module"
 )]
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
+use arq_auth::testing::TestIssuer;
 use arq_core::TenantId;
+use arq_core::testing::TestClient;
 use arq_tenancy::TenantPool;
 pub use arq_tenancy::testing::{Role, TestDatabase};
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 use ::projects as svc;
 
@@ -49,10 +45,10 @@ pub async fn database() -> (TestDatabase, TenantPool) {
 }
 
 pub struct Api {
-    pub app: Router,
+    pub client: TestClient<Router>,
     pub tenants: TenantPool,
     pub settings: svc::Settings,
-    keys: SigningKeyRing,
+    pub issuer: TestIssuer,
     pub db: TestDatabase,
 }
 
@@ -68,40 +64,22 @@ impl Api {
         if let Some(e) = exchange {
             settings.queue.exchange = e.to_owned();
         }
-        let pem = include_bytes!("../keys/test-signing-key.pem");
-        let keys = SigningKeyRing::new(SigningKey::from_rsa_pem("test-key", pem).unwrap());
-        let ring = KeyRing::new(StaticJwks(keys.jwks()), std::time::Duration::from_secs(30));
-        let verifier = Verifier::with_rbac(
-            settings.auth.verifier_config().unwrap(),
-            Arc::new(ring),
-            Arc::new(Rbac::from_config(&settings.rbac).unwrap()),
-        )
-        .unwrap();
+        let issuer = TestIssuer::for_settings(&settings.auth)
+            .with_pem(include_bytes!("../keys/test-signing-key.pem"))
+            .unwrap();
+        let verifier = issuer.verifier_for(&settings.auth, &settings.rbac).unwrap();
         let app = svc::app(verifier, tenants.clone(), &settings.queue.exchange);
         Self {
-            app,
+            client: TestClient::new(app),
             tenants,
             settings,
-            keys,
+            issuer,
             db,
         }
     }
 
     pub fn token(&self, subject: &str, tenant: TenantId, role: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = AccessClaims::new(
-            &self.settings.auth.issuer,
-            subject,
-            &self.settings.auth.audience,
-            now,
-            300,
-        )
-        .with_tenant(tenant)
-        .with_roles([role]);
-        self.keys.sign(&claims).unwrap()
+        self.issuer.token(subject, tenant, [role])
     }
 
     pub async fn call(
@@ -111,8 +89,7 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let (status, _, value) = self.send(method, uri, token, &[], body).await;
-        (status, value)
+        self.client.call(method, uri, token, body).await
     }
 
     /// Sends a request with extra `headers`; returns the status, the response headers and the
@@ -125,31 +102,14 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> (StatusCode, HeaderMap, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
+        let mut request = self.client.request(method, uri).bearer(token);
         for (name, value) in headers {
-            req = req.header(*name, *value);
+            request = request.header(name, value);
         }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
+        if let Some(body) = body {
+            request = request.json(&body);
         }
-        .unwrap();
-        let response = self.app.clone().oneshot(req).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, headers, value)
+        request.send().await.into()
     }
 
     /// Creates a project as `token`; panics unless 201.
