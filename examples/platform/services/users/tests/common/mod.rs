@@ -3,8 +3,8 @@
 //! `testing::TestDatabase`) created by the administrator (who also runs
 //! `sql/preferences-search.sql` in it and creates the relay role), migrated as `arq_owner`,
 //! served as `arq_app` and relayed as `arq_relay`, dropped at the end; the encryption keys random
-//! per test; and the API in-process (`oneshot`), with tokens signed by a test-only key
-//! (`tests/keys/`).
+//! per test; and the API in-process (arq-core's `TestClient`), with tokens signed by arq-auth's
+//! `TestIssuer` with a test-only key (`tests/keys/`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,21 +13,18 @@
 )]
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
+use arq_auth::testing::TestIssuer;
 use arq_core::TenantId;
+use arq_core::testing::TestClient;
 use arq_queue::Envelope;
 use arq_tenancy::TenantPool;
 use arq_tenancy::crypto::LocalKekProvider;
 pub use arq_tenancy::testing::{Role, TestDatabase};
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 use users as svc;
@@ -73,13 +70,13 @@ pub fn random_key() -> [u8; 32] {
 }
 
 pub struct Api {
-    pub app: Router,
+    pub client: TestClient<Router>,
     pub tenants: TenantPool,
     pub settings: svc::Settings,
     pub crypto: Arc<svc::crypto::Crypto>,
     pub kek: [u8; 32],
     pub index_key: [u8; 32],
-    keys: SigningKeyRing,
+    pub issuer: TestIssuer,
     pub db: TestDatabase,
 }
 
@@ -101,15 +98,10 @@ impl Api {
             index_key,
             tenants.clone(),
         ));
-        let pem = include_bytes!("../keys/test-signing-key.pem");
-        let keys = SigningKeyRing::new(SigningKey::from_rsa_pem("test-key", pem).unwrap());
-        let ring = KeyRing::new(StaticJwks(keys.jwks()), std::time::Duration::from_secs(30));
-        let verifier = Verifier::with_rbac(
-            settings.auth.verifier_config().unwrap(),
-            Arc::new(ring),
-            Arc::new(Rbac::from_config(&settings.rbac).unwrap()),
-        )
-        .unwrap();
+        let issuer = TestIssuer::for_settings(&settings.auth)
+            .with_pem(include_bytes!("../keys/test-signing-key.pem"))
+            .unwrap();
+        let verifier = issuer.verifier_for(&settings.auth, &settings.rbac).unwrap();
         let app = svc::app(
             verifier,
             tenants.clone(),
@@ -118,13 +110,13 @@ impl Api {
             &settings.queue.exchange,
         );
         Self {
-            app,
+            client: TestClient::new(app),
             tenants,
             settings,
             crypto,
             kek,
             index_key,
-            keys,
+            issuer,
             db,
         }
     }
@@ -148,21 +140,12 @@ impl Api {
         role: &str,
         amr: &[&str],
     ) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = AccessClaims::new(
-            &self.settings.auth.issuer,
-            subject,
-            &self.settings.auth.audience,
-            now,
-            300,
-        )
-        .with_tenant(tenant)
-        .with_roles([role])
-        .with_amr(amr.iter().copied());
-        self.keys.sign(&claims).unwrap()
+        self.issuer
+            .claims(subject)
+            .tenant(tenant)
+            .roles([role])
+            .amr(amr.iter().copied())
+            .sign()
     }
 
     pub fn token(&self, user: Uuid, tenant: TenantId, role: &str) -> String {
@@ -176,27 +159,7 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let response = self.app.clone().oneshot(req).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, value)
+        self.client.call(method, uri, token, body).await
     }
 
     /// `PUT /users/users/me` as `token`; panics unless 200.
