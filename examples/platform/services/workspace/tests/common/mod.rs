@@ -1,8 +1,9 @@
 //! What the integration tests share: a database of their own on the real PostgreSQL
 //! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test; arq-tenancy's
 //! `testing::TestDatabase`) created by the administrator, migrated as `arq_owner`, served as
-//! `arq_app` and relayed as `arq_relay`, dropped at the end; and the API in-process (`oneshot`),
-//! with tokens signed by a test-only key (`tests/keys/`).
+//! `arq_app` and relayed as `arq_relay`, dropped at the end; and the API in-process (arq-core's
+//! `TestClient`), with tokens signed by arq-auth's `TestIssuer` with a test-only key
+//! (`tests/keys/`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,19 +11,14 @@
     reason = "tests; each test binary uses part of this module"
 )]
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
+use arq_auth::testing::TestIssuer;
 use arq_core::TenantId;
+use arq_core::testing::TestClient;
 use arq_tenancy::TenantPool;
 pub use arq_tenancy::testing::{Role, TestDatabase};
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use uuid::Uuid;
 
 use ::workspace as svc;
@@ -51,10 +47,10 @@ pub async fn database() -> (TestDatabase, TenantPool) {
 }
 
 pub struct Api {
-    pub app: Router,
+    pub client: TestClient<Router>,
     pub tenants: TenantPool,
     pub settings: svc::Settings,
-    keys: SigningKeyRing,
+    pub issuer: TestIssuer,
     pub db: TestDatabase,
 }
 
@@ -70,58 +66,35 @@ impl Api {
         if let Some(e) = exchange {
             settings.queue.exchange = e.to_owned();
         }
-        let pem = include_bytes!("../keys/test-signing-key.pem");
-        let keys = SigningKeyRing::new(SigningKey::from_rsa_pem("test-key", pem).unwrap());
-        let ring = KeyRing::new(StaticJwks(keys.jwks()), std::time::Duration::from_secs(30));
-        let verifier = Verifier::with_rbac(
-            settings.auth.verifier_config().unwrap(),
-            Arc::new(ring),
-            Arc::new(Rbac::from_config(&settings.rbac).unwrap()),
-        )
-        .unwrap();
+        let issuer = TestIssuer::for_settings(&settings.auth)
+            .with_pem(include_bytes!("../keys/test-signing-key.pem"))
+            .unwrap();
+        let verifier = issuer.verifier_for(&settings.auth, &settings.rbac).unwrap();
         let state = svc::AppState::new(tenants.clone(), &settings.rbac, &settings.queue.exchange);
         let app = svc::app(verifier, state);
         Self {
-            app,
+            client: TestClient::new(app),
             tenants,
             settings,
-            keys,
+            issuer,
             db,
         }
-    }
-
-    fn claims(&self, user: &str) -> AccessClaims {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        AccessClaims::new(
-            &self.settings.auth.issuer,
-            user,
-            &self.settings.auth.audience,
-            now,
-            300,
-        )
     }
 
     /// A token for `user` in `workspace` with `role`, as the auth service signs it.
     pub fn token(&self, user: Uuid, workspace: &Value, role: &str) -> String {
         let tenant: TenantId = workspace.as_str().unwrap().parse().unwrap();
-        let claims = self
-            .claims(&user.to_string())
-            .with_tenant(tenant)
-            .with_roles([role]);
-        self.keys.sign(&claims).unwrap()
+        self.issuer.token(&user.to_string(), tenant, [role])
     }
 
     /// A token for `user` without a tenant (signed in without choosing a workspace).
     pub fn tenantless(&self, user: Uuid) -> String {
-        self.keys.sign(&self.claims(&user.to_string())).unwrap()
+        self.issuer.claims(&user.to_string()).sign()
     }
 
     /// A token whose subject is not a user id (a service account's).
     pub fn for_subject(&self, subject: &str) -> String {
-        self.keys.sign(&self.claims(subject)).unwrap()
+        self.issuer.claims(subject).sign()
     }
 
     pub async fn call(
@@ -131,27 +104,7 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let response = self.app.clone().oneshot(req).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, value)
+        self.client.call(method, uri, token, body).await
     }
 
     /// Creates a workspace as `user` (without a tenant in the token); panics unless 201.
