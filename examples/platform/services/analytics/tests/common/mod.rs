@@ -1,8 +1,9 @@
 //! What the integration tests share: databases of their own on the real PostgreSQL
 //! (`ARQ_TEST_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/test; arq-tenancy's
 //! `testing::TestDatabase`) created by the administrator, migrated as `arq_owner`, served as
-//! `arq_app` and relayed as `arq_relay`, dropped at the end; the API in-process (`oneshot`), with
-//! tokens signed by a test-only key (`tests/keys/`); and, for the tests that use RabbitMQ
+//! `arq_app` and relayed as `arq_relay`, dropped at the end; the API in-process (arq-core's
+//! `TestClient`), with tokens signed by arq-auth's `TestIssuer` with a test-only key
+//! (`tests/keys/`); and, for the tests that use RabbitMQ
 //! (`ARQ_TEST_AMQP_URL`), settings whose exchange and queue prefix are unique to the test.
 #![allow(
     clippy::unwrap_used,
@@ -12,22 +13,18 @@
     reason = "tests; each test binary uses part of this module"
 )]
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use arq_auth::{AccessClaims, KeyRing, Rbac, SigningKey, SigningKeyRing, StaticJwks, Verifier};
+use arq_auth::testing::TestIssuer;
 use arq_core::TenantId;
-use arq_core::testing::{TestService, require};
+use arq_core::testing::{TestClient, TestService, require};
 use arq_queue::{Envelope, Payload};
 use arq_tenancy::TenantPool;
 pub use arq_tenancy::testing::{Role, TestDatabase};
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
-use tower::ServiceExt;
 
 use ::analytics as svc;
 
@@ -119,10 +116,10 @@ impl TestDb {
 
 /// The API in-process on a database of its own.
 pub struct Api {
-    pub app: Router,
+    pub client: TestClient<Router>,
     pub tenants: TenantPool,
     pub settings: svc::Settings,
-    keys: SigningKeyRing,
+    pub issuer: TestIssuer,
     pub db: TestDb,
 }
 
@@ -143,40 +140,22 @@ impl Api {
 
     /// The API on `db` through `tenants`.
     pub fn on(db: TestDb, tenants: TenantPool, settings: svc::Settings) -> Self {
-        let pem = include_bytes!("../keys/test-signing-key.pem");
-        let keys = SigningKeyRing::new(SigningKey::from_rsa_pem("test-key", pem).unwrap());
-        let ring = KeyRing::new(StaticJwks(keys.jwks()), Duration::from_secs(30));
-        let verifier = Verifier::with_rbac(
-            settings.auth.verifier_config().unwrap(),
-            Arc::new(ring),
-            Arc::new(Rbac::from_config(&settings.rbac).unwrap()),
-        )
-        .unwrap();
+        let issuer = TestIssuer::for_settings(&settings.auth)
+            .with_pem(include_bytes!("../keys/test-signing-key.pem"))
+            .unwrap();
+        let verifier = issuer.verifier_for(&settings.auth, &settings.rbac).unwrap();
         let app = svc::app(verifier, tenants.clone(), &settings.queue.exchange);
         Self {
-            app,
+            client: TestClient::new(app),
             tenants,
             settings,
-            keys,
+            issuer,
             db,
         }
     }
 
     pub fn token(&self, subject: &str, tenant: TenantId, role: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = AccessClaims::new(
-            &self.settings.auth.issuer,
-            subject,
-            &self.settings.auth.audience,
-            now,
-            300,
-        )
-        .with_tenant(tenant)
-        .with_roles([role]);
-        self.keys.sign(&claims).unwrap()
+        self.issuer.token(subject, tenant, [role])
     }
 
     pub async fn call_with_headers(
@@ -186,28 +165,11 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, HeaderMap, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        let mut request = self.client.request(method, uri).bearer(token);
+        if let Some(body) = body {
+            request = request.json(&body);
         }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let response = self.app.clone().oneshot(req).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, headers, value)
+        request.send().await.into()
     }
 
     pub async fn call(
