@@ -1,34 +1,32 @@
 //! The issuer against the real PostgreSQL (`ARQ_TEST_DATABASE_URL`, default
 //! postgres://postgres@127.0.0.1:5432/test): each test creates its own database, migrates it as
 //! `arq_owner` with `auth::migrate`, serves it as `arq_app` (the roles of arq-tenancy's
-//! `sql/roles.sql`) and drops it at the end. Tokens are signed with a test-only key
-//! (`tests/keys/`) and verified the way the gateway and the services verify them: with the keys
-//! the service publishes at `/.well-known/jwks.json`, the platform's issuer and audience.
+//! `sql/roles.sql`) and drops it at the end. The API runs in-process (arq-core's `TestClient`).
+//! Tokens are signed with a test-only key (`tests/keys/`) and verified the way the gateway and
+//! the services verify them: with the keys the service publishes at `/.well-known/jwks.json`,
+//! the platform's issuer and audience.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arq_auth::mfa::{TotpHash, totp_code};
-use arq_auth::{JwkSet, KeyRing, Principal, StaticJwks, Verifier};
+use arq_auth::{JwkSet, Principal, Verifier};
 use arq_core::TenantId;
+use arq_core::testing::TestClient;
 use arq_tenancy::testing::TestDatabase;
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use common::database;
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
+use common::{database, platform_verifier};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 use auth as svc;
 use svc::ROUTE;
 
 struct Api {
-    app: Router,
+    client: TestClient<Router>,
     issuer: arq_auth::issuer::TokenIssuer,
     pool: PgPool,
     settings: svc::Settings,
@@ -51,7 +49,7 @@ impl Api {
         let verifier = svc::verifier(&settings, &keys).unwrap();
         let issuer = svc::issuer(&settings, keys, pool.clone()).unwrap();
         Self {
-            app: svc::app(issuer.clone(), verifier),
+            client: TestClient::new(svc::app(issuer.clone(), verifier)),
             issuer,
             pool,
             settings,
@@ -74,39 +72,19 @@ impl Api {
         .unwrap();
     }
 
-    async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!("not JSON: {}", String::from_utf8_lossy(&bytes));
-            })
-        };
-        (status, body)
-    }
-
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(Request::get(path).body(Body::empty()).unwrap())
-            .await
+        self.client.call("GET", path, None, None).await
     }
 
     /// `POST /auth/oauth/token` with a form body.
     async fn token(&self, form: &[(&str, &str)]) -> (StatusCode, Value) {
-        let body = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        self.send(
-            Request::post(format!("{ROUTE}/oauth/token"))
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(body))
-                .unwrap(),
-        )
-        .await
+        let uri = format!("{ROUTE}/oauth/token");
+        self.client
+            .request("POST", uri)
+            .form(form)
+            .send()
+            .await
+            .into()
     }
 
     async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
@@ -120,14 +98,9 @@ impl Api {
 
     /// `POST path` with a bearer token and a JSON body.
     async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.send(
-            Request::post(path)
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-        )
-        .await
+        self.client
+            .call("POST", path, Some(token), Some(body))
+            .await
     }
 
     /// A verifier like the gateway's: keys from this service's JWKS endpoint, the platform's
@@ -136,24 +109,8 @@ impl Api {
         let (status, jwks) = self.get(&format!("{ROUTE}/.well-known/jwks.json")).await;
         assert_eq!(status, StatusCode::OK);
         let set: JwkSet = serde_json::from_value(jwks).unwrap();
-        let ring = KeyRing::new(StaticJwks(set), Duration::from_secs(30));
-        Verifier::new(
-            arq_auth::VerifierConfig::new(&self.settings.auth.issuer, &self.settings.auth.audience),
-            Arc::new(ring),
-        )
-        .unwrap()
+        platform_verifier(&self.settings, set)
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn now() -> u64 {
@@ -467,11 +424,8 @@ async fn create_user_refuses_unknown_roles_and_taken_names() {
 async fn signed_in_routes_need_a_token_and_openapi_describes_the_api() {
     let api = Api::new().await;
     let (status, _) = api
-        .send(
-            Request::post(format!("{ROUTE}/mfa/totp"))
-                .body(Body::empty())
-                .unwrap(),
-        )
+        .client
+        .call("POST", &format!("{ROUTE}/mfa/totp"), None, None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 

@@ -11,23 +11,19 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use arq_auth::{JwkSet, KeyRing, StaticJwks, Verifier};
+use arq_auth::{JwkSet, Verifier};
 use arq_core::TenantId;
 use arq_core::metrics::MetricsRegistry;
-use arq_core::testing::{TestService, require};
+use arq_core::testing::{TestClient, TestService, require};
 use arq_queue::{Envelope, Payload, Queue, QueueMetrics, RabbitBackend};
 use arq_tenancy::testing::TestDatabase;
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use common::database;
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
+use common::{database, platform_verifier};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 use auth as svc;
@@ -36,7 +32,7 @@ use svc::ROUTE;
 const PASSWORD: &str = "correct horse battery";
 
 struct Platform {
-    app: Router,
+    client: TestClient<Router>,
     issuer: arq_auth::issuer::TokenIssuer,
     pool: PgPool,
     settings: svc::Settings,
@@ -57,15 +53,11 @@ impl Platform {
         let keys = svc::signing_keys(&settings.issuer).unwrap();
         let set: JwkSet =
             serde_json::from_value(serde_json::to_value(keys.jwks()).unwrap()).unwrap();
-        let verifier = Verifier::new(
-            arq_auth::VerifierConfig::new(&settings.auth.issuer, &settings.auth.audience),
-            Arc::new(KeyRing::new(StaticJwks(set), Duration::from_secs(30))),
-        )
-        .unwrap();
+        let verifier = platform_verifier(&settings, set);
         let issuer = svc::issuer(&settings, keys.clone(), pool.clone()).unwrap();
         let app = svc::app(issuer.clone(), svc::verifier(&settings, &keys).unwrap());
         Self {
-            app,
+            client: TestClient::new(app),
             issuer,
             pool,
             settings,
@@ -80,18 +72,21 @@ impl Platform {
         username: &str,
         tenant: TenantId,
     ) -> Result<Vec<String>, (StatusCode, Value)> {
-        let body = format!(
-            "grant_type=password&username={username}&password={}&tenant={tenant}",
-            PASSWORD.replace(' ', "%20")
-        );
-        let request = Request::post(format!("{ROUTE}/oauth/token"))
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let tenant_id = tenant.to_string();
+        let form = [
+            ("grant_type", "password"),
+            ("username", username),
+            ("password", PASSWORD),
+            ("tenant", tenant_id.as_str()),
+        ];
+        let uri = format!("{ROUTE}/oauth/token");
+        let (status, body): (StatusCode, Value) = self
+            .client
+            .request("POST", uri)
+            .form(&form)
+            .send()
+            .await
+            .into();
         if status != StatusCode::OK {
             return Err((status, body));
         }
