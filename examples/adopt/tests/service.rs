@@ -3,7 +3,8 @@
 //! amqp://guest:guest@127.0.0.1:5672/%2f). Each test creates its own database, migrates it as
 //! `arq_owner`, serves it as `arq_app` (the roles of arq-tenancy's `sql/roles.sql`) and drops it
 //! at the end; RabbitMQ exchanges and queues get unique names and are deleted at the end.
-//! Tokens are signed with the development key the default configuration trusts.
+//! The service runs in-process (arq-core's `TestClient`); tokens are signed by arq-auth's
+//! `TestIssuer` with the development key the default configuration trusts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,24 +14,22 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use arq_auth::{AccessClaims, SigningKey, SigningKeyRing};
+use arq_auth::SigningKey;
+use arq_auth::testing::TestIssuer;
 use arq_core::TenantId;
 use arq_core::edge::EdgeService;
 use arq_core::metrics::MetricsRegistry;
-use arq_core::testing::{TestService, require};
+use arq_core::testing::{TestClient, TestService, require};
 use arq_example_adopt::step5_events::{EventSettings, Events};
 use arq_example_adopt::{self as adopt, Settings, step2_edge, step3_auth, step4_tenancy};
 use arq_queue::RabbitBackend;
 use arq_tenancy::TenantPool;
 use arq_tenancy::testing::{Role, TestDatabase};
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{StatusCode, header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 /// A database of its own (arq-tenancy's `TestDatabase`: dropped with the handle, also when the
 /// test fails), migrated as `arq_owner`, with a pool for `arq_app` and one for `arq_owner` (what
@@ -82,19 +81,21 @@ impl Drop for TestTopology {
     }
 }
 
-/// The development key the default configuration's `dev-jwks.json` publishes.
-fn dev_keys() -> SigningKeyRing {
+/// Tokens for `settings`' issuer and audience, signed with the development key (and its key
+/// id) that the default configuration's `dev-jwks.json` publishes.
+fn dev_issuer(settings: &Settings) -> TestIssuer {
     let pem = include_bytes!("../keys/dev-signing-key.pem");
-    SigningKeyRing::new(SigningKey::from_rsa_pem("adopt-dev", pem).unwrap())
+    TestIssuer::new(&settings.auth.issuer, &settings.auth.audience)
+        .with_key(SigningKey::from_rsa_pem("adopt-dev", pem).unwrap())
 }
 
 struct Api {
     settings: Settings,
-    service: EdgeService,
+    client: TestClient<EdgeService>,
     registry: MetricsRegistry,
     tenants: TenantPool,
     owner: PgPool,
-    keys: SigningKeyRing,
+    issuer: TestIssuer,
     topology: TestTopology,
     _db: TestDatabase,
 }
@@ -115,12 +116,12 @@ impl Api {
         let router = adopt::app(verifier, tenants.clone(), &settings.events);
         let service = step2_edge::service(router, &settings.arq, &registry, &health).unwrap();
         Self {
+            issuer: dev_issuer(&settings),
             settings,
-            service,
+            client: TestClient::new(service),
             registry,
             tenants,
             owner,
-            keys: dev_keys(),
             topology,
             _db: db,
         }
@@ -150,20 +151,7 @@ impl Api {
     }
 
     fn token(&self, subject: &str, tenant: TenantId, role: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = AccessClaims::new(
-            &self.settings.auth.issuer,
-            subject,
-            &self.settings.auth.audience,
-            now,
-            300,
-        )
-        .with_tenant(tenant)
-        .with_roles([role]);
-        self.keys.sign(&claims).unwrap()
+        self.issuer.token(subject, tenant, [role])
     }
 
     /// Sends a request through the edge stack; returns the status, the headers and the body
@@ -175,28 +163,11 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, axum::http::HeaderMap, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        let mut request = self.client.request(method, uri).bearer(token);
+        if let Some(body) = body {
+            request = request.json(&body);
         }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let response = self.service.clone().oneshot(req).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, headers, value)
+        request.send().await.into()
     }
 
     async fn outbox_rows(&self) -> Vec<(Option<uuid::Uuid>, String)> {
@@ -235,18 +206,13 @@ async fn requests_without_a_valid_token_are_401_problems() {
         }
     }
     // A token from another audience is refused the same way.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     let foreign = api
-        .keys
-        .sign(
-            &AccessClaims::new(&api.settings.auth.issuer, "eve", "billing", now, 300)
-                .with_tenant(tenant())
-                .with_roles(["member"]),
-        )
-        .unwrap();
+        .issuer
+        .claims("eve")
+        .audience("billing")
+        .tenant(tenant())
+        .roles(["member"])
+        .sign();
     let (status, _, _) = api.call("GET", "/notes", Some(&foreign), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Nothing was written.
@@ -353,13 +319,14 @@ async fn tenants_never_see_each_others_notes() {
     assert_eq!(list, json!([]));
     // Choosing A's tenant with the selector header does not help: B does not belong to it.
     let a_tenant = api.outbox_rows().await[0].0.unwrap().to_string();
-    let req = Request::get("/notes")
-        .header(header::AUTHORIZATION, format!("Bearer {b}"))
+    let response = api
+        .client
+        .request("GET", "/notes")
+        .bearer(b.as_str())
         .header("x-tenant-id", &a_tenant)
-        .body(Body::empty())
-        .unwrap();
-    let response = api.service.clone().oneshot(req).await.unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        .send()
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN, "{}", response.body);
     // A still sees its note.
     let (_, _, list) = api.call("GET", "/notes", Some(&a), None).await;
     assert_eq!(list, json!([secret]));
@@ -478,7 +445,7 @@ fn dev_jwks_is_the_public_half_of_the_dev_key() {
     let file = step3_auth::read_jwks_file(&settings.dir.join("dev-jwks.json")).unwrap();
     assert_eq!(
         serde_json::to_value(file).unwrap(),
-        serde_json::to_value(dev_keys().jwks()).unwrap(),
+        serde_json::to_value(dev_issuer(&settings).jwks()).unwrap(),
         "regenerate config/dev-jwks.json with `cargo run -p arq-example-adopt --bin adopt-dev-token -- --jwks`"
     );
 }
@@ -548,26 +515,7 @@ async fn the_binary_migrates_serves_and_stops_cleanly() {
         }
     };
     let base = format!("http://{addr}");
-    let token = {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let settings = adopt::load_settings().unwrap();
-        dev_keys()
-            .sign(
-                &AccessClaims::new(
-                    &settings.auth.issuer,
-                    "alice",
-                    &settings.auth.audience,
-                    now,
-                    300,
-                )
-                .with_tenant(tenant())
-                .with_roles(["member"]),
-            )
-            .unwrap()
-    };
+    let token = dev_issuer(&adopt::load_settings().unwrap()).token("alice", tenant(), ["member"]);
     let (status, ready) = http(&base, "GET", "/health/ready", None, None).await;
     assert_eq!(status, 200, "{ready}");
     let (status, note) = http(
