@@ -40,7 +40,7 @@
 //! |---|---|
 //! | `cache` | [`cache`]: a two-tier (moka + Redis) tenant-scoped cache |
 //! | `gateway` | [`gateway`]: the API gateway (routing, proxying, per-upstream resilience) |
-//! | `testing` | [`testing`]: helpers for tests that need PostgreSQL, Redis or RabbitMQ |
+//! | `testing` | [`testing`]: helpers for tests that need PostgreSQL, Redis or RabbitMQ, and `TestClient`, JSON calls to a service in-process |
 //! | `otlp` | [`telemetry::otlp`]: OpenTelemetry export over OTLP/HTTP with a parent-based ratio sampler |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
