@@ -72,7 +72,7 @@ mod trace_context;
 pub mod testing;
 
 pub use identity::{CallerIdentity, Identity};
-pub use problem::{IntoProblem, PROBLEM_JSON, Problem};
+pub use problem::{FieldError, IntoProblem, PROBLEM_JSON, Problem};
 pub use request_id::{MAX_REQUEST_ID_LEN, ParseRequestIdError, REQUEST_ID_HEADER, RequestId};
 pub use tenant::{ParseTenantIdError, TenantId};
 pub use trace_context::{

@@ -59,6 +59,25 @@ fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S
     s.serialize_u16(status.as_u16())
 }
 
+/// One invalid field of a request, for [`Problem::invalid_fields`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The field: its JSON name or path (`title`, `items[2].name`) or query parameter.
+    pub field: Cow<'static, str>,
+    /// What is wrong with it, and what is accepted instead.
+    pub message: String,
+}
+
+impl FieldError {
+    /// `field` is wrong: `message` says how, and what is accepted.
+    pub fn new(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Field names the RFC and arq reserve; extensions may not shadow them.
 const RESERVED: [&str; 6] = [
     "type",
@@ -82,6 +101,42 @@ impl Problem {
             extensions: Map::new(),
             retry_after_secs: None,
         }
+    }
+
+    /// 422 listing every invalid field of a request at once, so a client fixes them in one
+    /// round: the detail joins them (`title: is empty; due_at: is not a date`), and the
+    /// `errors` extension lists them as `{"field", "message"}` objects for programs.
+    ///
+    /// ```
+    /// use arq_core::{FieldError, Problem};
+    ///
+    /// let p = Problem::invalid_fields(vec![
+    ///     FieldError::new("title", "is empty; give 1 to 200 characters"),
+    ///     FieldError::new("due_at", "is not an RFC 3339 date-time"),
+    /// ]);
+    /// assert_eq!(p.status().as_u16(), 422);
+    /// assert_eq!(p.detail(), Some("title: is empty; give 1 to 200 characters; due_at: is not an RFC 3339 date-time"));
+    /// assert_eq!(p.extensions()["errors"][1]["field"], "due_at");
+    /// ```
+    pub fn invalid_fields(errors: impl IntoIterator<Item = FieldError>) -> Self {
+        let errors: Vec<FieldError> = errors.into_iter().collect();
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let list: Vec<Value> = errors
+            .iter()
+            .map(|e| serde_json::json!({ "field": e.field, "message": e.message }))
+            .collect();
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY)
+            .with_detail(detail)
+            .with_extension("errors", list)
+    }
+
+    /// [`invalid_fields`](Self::invalid_fields) with one field.
+    pub fn invalid_field(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::invalid_fields([FieldError::new(field, message)])
     }
 
     /// 400: the request itself is malformed.

@@ -237,20 +237,13 @@ pub struct FieldError {
 }
 
 /// Every validation failure of a request, reported together as one 422 problem whose `errors`
-/// extension lists them.
+/// extension lists them ([`Problem::invalid_fields`]).
 fn invalid(errors: Vec<FieldError>) -> Problem {
-    let detail = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let list: Vec<serde_json::Value> = errors
-        .iter()
-        .map(|e| serde_json::json!({ "field": e.field, "message": e.message }))
-        .collect();
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
-        .with_detail(detail)
-        .with_extension("errors", list)
+    Problem::invalid_fields(
+        errors
+            .into_iter()
+            .map(|e| arq_core::FieldError::new(e.field, e.message)),
+    )
 }
 
 /// A body that is not the expected JSON: 415 without a JSON content type, 400 when it does not
