@@ -40,8 +40,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::projects::{
-    Failure, Project, ReadProjects, columns, database, fetch, invalid_one, no_parent, not_found,
-    path_problem, project, query_problem,
+    Failure, Project, ReadProjects, columns, database, fetch, no_parent, not_found, path_problem,
+    project, query_problem,
 };
 
 /// The advisory-lock class of tenant hierarchies (`"proj"` in ASCII).
@@ -209,7 +209,9 @@ pub async fn tree(
     let Query(q) = query.map_err(|e| query_problem(&e))?;
     let depth = q.depth.unwrap_or(MAX_TREE_DEPTH);
     if depth > MAX_TREE_DEPTH {
-        return Err(invalid_one("depth", format!("must be 0 to {MAX_TREE_DEPTH}")).into());
+        return Err(
+            Problem::invalid_field("depth", format!("must be 0 to {MAX_TREE_DEPTH}")).into(),
+        );
     }
     // Breadth-first, so that the node limit cuts whole levels last; one row more than the limit
     // tells that it was exceeded.
@@ -241,7 +243,7 @@ pub async fn tree(
         .into());
     }
     if rows.len() > MAX_TREE_NODES {
-        return Err(invalid_one(
+        return Err(Problem::invalid_field(
             "depth",
             format!(
                 "the tree of project {id} holds more than {MAX_TREE_NODES} projects within {depth} level(s); ask for a smaller depth, or page through the children with GET /projects/projects?parent_id={id}"

@@ -15,7 +15,7 @@
 //! newest version), so it sees the bumped version and answers 412. Exactly one of them wins.
 
 use arq_auth::{RequirePermission, permission};
-use arq_core::Problem;
+use arq_core::{FieldError, Problem};
 use arq_tenancy::TenantTx;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -191,29 +191,6 @@ impl IntoResponse for Failure {
     }
 }
 
-/// One field's validation failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// The field (JSON name).
-    pub field: &'static str,
-    /// What is wrong with it and what is accepted.
-    pub message: String,
-}
-
-/// Every validation failure of a request, reported together as one 422 problem whose `errors`
-/// extension lists them ([`Problem::invalid_fields`]).
-pub(crate) fn invalid(errors: Vec<FieldError>) -> Problem {
-    Problem::invalid_fields(
-        errors
-            .into_iter()
-            .map(|e| arq_core::FieldError::new(e.field, e.message)),
-    )
-}
-
-pub(crate) fn invalid_one(field: &'static str, message: impl Into<String>) -> Problem {
-    Problem::invalid_field(field, message)
-}
-
 /// A body that is not the expected JSON: 415 without a JSON content type, 400 when it does not
 /// parse, 422 when it parses but has the wrong shape (unknown field, bad value, bad id).
 pub(crate) fn body_problem(e: &JsonRejection) -> Problem {
@@ -254,27 +231,25 @@ fn name(value: &str, errors: &mut Vec<FieldError>) -> String {
     let value = value.trim();
     let chars = value.chars().count();
     if chars == 0 || chars > MAX_NAME_CHARS {
-        errors.push(FieldError {
-            field: "name",
-            message: format!(
-                "must be 1 to {MAX_NAME_CHARS} characters, not counting surrounding spaces"
-            ),
-        });
+        errors.push(FieldError::new(
+            "name",
+            format!("must be 1 to {MAX_NAME_CHARS} characters, not counting surrounding spaces"),
+        ));
     } else if value.chars().any(char::is_control) {
-        errors.push(FieldError {
-            field: "name",
-            message: "must not contain control characters (it is one line)".to_owned(),
-        });
+        errors.push(FieldError::new(
+            "name",
+            "must not contain control characters (it is one line)".to_owned(),
+        ));
     }
     value.to_owned()
 }
 
 fn description(value: &str, errors: &mut Vec<FieldError>) -> String {
     if value.chars().count() > MAX_DESCRIPTION_CHARS {
-        errors.push(FieldError {
-            field: "description",
-            message: format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-        });
+        errors.push(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
     }
     value.to_owned()
 }
@@ -284,12 +259,10 @@ fn metadata(value: Value, errors: &mut Vec<FieldError>) -> Map<String, Value> {
         Value::Object(map) => {
             let size = Value::Object(map.clone()).to_string().len();
             if size > MAX_METADATA_BYTES {
-                errors.push(FieldError {
-                    field: "metadata",
-                    message: format!(
-                        "is {size} bytes of JSON; at most {MAX_METADATA_BYTES} are accepted"
-                    ),
-                });
+                errors.push(FieldError::new(
+                    "metadata",
+                    format!("is {size} bytes of JSON; at most {MAX_METADATA_BYTES} are accepted"),
+                ));
             }
             map
         }
@@ -302,10 +275,10 @@ fn metadata(value: Value, errors: &mut Vec<FieldError>) -> Map<String, Value> {
                 Value::Array(_) => "an array",
                 Value::Object(_) => "an object",
             };
-            errors.push(FieldError {
-                field: "metadata",
-                message: format!("must be a JSON object (send {{}} for none), not {kind}"),
-            });
+            errors.push(FieldError::new(
+                "metadata",
+                format!("must be a JSON object (send {{}} for none), not {kind}"),
+            ));
             Map::new()
         }
     }
@@ -423,7 +396,7 @@ pub async fn create(
         .map(|m| metadata(m, &mut errors))
         .unwrap_or_default();
     if !errors.is_empty() {
-        return Err(invalid(errors).into());
+        return Err(Problem::invalid_fields(errors).into());
     }
     if let Some(parent) = new.parent_id
         && !exists(&mut tx, parent).await?
@@ -477,7 +450,9 @@ pub async fn list(
     let Query(q) = query.map_err(|e| query_problem(&e))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(invalid_one("limit", format!("must be 1 to {MAX_PAGE_SIZE}")).into());
+        return Err(
+            Problem::invalid_field("limit", format!("must be 1 to {MAX_PAGE_SIZE}")).into(),
+        );
     }
     let (roots, parent) = match q.parent_id.as_deref() {
         None => (false, None),
@@ -485,7 +460,7 @@ pub async fn list(
         Some(s) => match Uuid::parse_str(s) {
             Ok(id) => (false, Some(id)),
             Err(_) => {
-                return Err(invalid_one(
+                return Err(Problem::invalid_field(
                     "parent_id",
                     "must be a project id (a UUID) or `root` for the top-level projects",
                 )
@@ -576,7 +551,7 @@ pub async fn update(
         .map(|d| d.as_deref().map(|d| description(d, &mut errors)));
     let new_metadata = patch.metadata.map(|m| metadata(m, &mut errors));
     if !errors.is_empty() {
-        return Err(invalid(errors).into());
+        return Err(Problem::invalid_fields(errors).into());
     }
     let moving = patch.parent_id.is_some();
     if moving {

@@ -17,7 +17,7 @@ use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use crate::projects::{
-    Failure, MAX_PAGE_SIZE, ReadProjects, database, fetch, invalid_one, path_problem, query_problem,
+    Failure, MAX_PAGE_SIZE, ReadProjects, database, fetch, path_problem, query_problem,
 };
 
 /// Versions per page when the request gives no `limit`: the whole history of most projects.
@@ -91,7 +91,9 @@ pub async fn list(
     let Query(q) = query.map_err(|e| query_problem(&e))?;
     let limit = q.limit.unwrap_or(DEFAULT_VERSIONS_PAGE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(invalid_one("limit", format!("must be 1 to {MAX_PAGE_SIZE}")).into());
+        return Err(
+            Problem::invalid_field("limit", format!("must be 1 to {MAX_PAGE_SIZE}")).into(),
+        );
     }
     // 404 for a project that does not exist (in this tenant), rather than an empty history.
     fetch(&mut tx, id, None).await?;

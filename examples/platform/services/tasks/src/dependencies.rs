@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::events;
 use crate::tasks::{
-    Status, Task, WriteTasks, authorize, body_problem, database, fetch, invalid_one, path_problem,
+    Status, Task, WriteTasks, authorize, body_problem, database, fetch, path_problem,
 };
 use arq_auth::RequirePermission;
 
@@ -89,8 +89,8 @@ impl DependencyError {
     pub fn into_problem(self) -> Problem {
         let detail = self.to_string();
         match self {
-            Self::OnItself(_) => invalid_one("depends_on", detail),
-            Self::UnknownDependency(_) => invalid_one("depends_on", detail),
+            Self::OnItself(_) => Problem::invalid_field("depends_on", detail),
+            Self::UnknownDependency(_) => Problem::invalid_field("depends_on", detail),
             Self::UnknownTask(_) => Problem::not_found(detail),
             Self::Finished { .. } => Problem::new(StatusCode::CONFLICT).with_detail(detail),
             Self::Cycle(cycle) => Problem::new(StatusCode::CONFLICT)

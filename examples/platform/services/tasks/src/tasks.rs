@@ -10,7 +10,7 @@ use std::fmt;
 use arq_auth::cel::{Key, MapValue, Value};
 use arq_auth::policy::{MapAttributes, NoAttributes};
 use arq_auth::{Permission, Principal, RequirePermission, permission};
-use arq_core::Problem;
+use arq_core::{FieldError, Problem};
 use arq_tenancy::TenantTx;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -279,29 +279,6 @@ pub(crate) fn task(row: &PgRow) -> Result<Task, sqlx::Error> {
     })
 }
 
-/// One field's validation failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// The field (JSON name).
-    pub field: &'static str,
-    /// What is wrong with it and what is accepted.
-    pub message: String,
-}
-
-/// Every validation failure of a request, reported together as one 422 problem whose `errors`
-/// extension lists them ([`Problem::invalid_fields`]).
-pub(crate) fn invalid(errors: Vec<FieldError>) -> Problem {
-    Problem::invalid_fields(
-        errors
-            .into_iter()
-            .map(|e| arq_core::FieldError::new(e.field, e.message)),
-    )
-}
-
-pub(crate) fn invalid_one(field: &'static str, message: impl Into<String>) -> Problem {
-    Problem::invalid_field(field, message)
-}
-
 /// A body that is not the expected JSON: 415 without a JSON content type, 400 when it does not
 /// parse, 422 when it parses but has the wrong shape (unknown field, bad value, bad date).
 pub(crate) fn body_problem(e: &JsonRejection) -> Problem {
@@ -333,25 +310,25 @@ fn text(field: &'static str, value: &str, max: usize, errors: &mut Vec<FieldErro
     let value = value.trim();
     let chars = value.chars().count();
     if chars == 0 || chars > max {
-        errors.push(FieldError {
+        errors.push(FieldError::new(
             field,
-            message: format!("must be 1 to {max} characters, not counting surrounding spaces"),
-        });
+            format!("must be 1 to {max} characters, not counting surrounding spaces"),
+        ));
     } else if value.chars().any(char::is_control) {
-        errors.push(FieldError {
+        errors.push(FieldError::new(
             field,
-            message: "must not contain control characters".to_owned(),
-        });
+            "must not contain control characters".to_owned(),
+        ));
     }
     value.to_owned()
 }
 
 fn description(value: &str, errors: &mut Vec<FieldError>) -> String {
     if value.chars().count() > MAX_DESCRIPTION_CHARS {
-        errors.push(FieldError {
-            field: "description",
-            message: format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-        });
+        errors.push(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
     }
     value.to_owned()
 }
@@ -373,12 +350,9 @@ fn email(value: &str, errors: &mut Vec<FieldError>) -> String {
             None => false,
         };
     if !ok {
-        errors.push(FieldError {
-            field: "assignee_email",
-            message: format!(
+        errors.push(FieldError::new("assignee_email", format!(
                 "must be an e-mail address like name@example.com, at most {MAX_EMAIL_CHARS} characters"
-            ),
-        });
+            )));
     }
     value.to_owned()
 }
@@ -392,21 +366,21 @@ fn consistent(
     errors: &mut Vec<FieldError>,
 ) {
     if assignee_email.is_some() && assignee.is_none() {
-        errors.push(FieldError {
-            field: "assignee_email",
-            message: "needs an assignee: set `assignee` to the subject it belongs to".to_owned(),
-        });
+        errors.push(FieldError::new(
+            "assignee_email",
+            "needs an assignee: set `assignee` to the subject it belongs to".to_owned(),
+        ));
     }
     if let (Some(due), Some(start)) = (due_at, scheduled_for)
         && start > due
     {
-        errors.push(FieldError {
-            field: "scheduled_for",
-            message: format!(
+        errors.push(FieldError::new(
+            "scheduled_for",
+            format!(
                 "must not be after due_at ({})",
                 due.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
             ),
-        });
+        ));
     }
 }
 
@@ -500,7 +474,7 @@ pub async fn create(
         &mut errors,
     );
     if !errors.is_empty() {
-        return Err(invalid(errors));
+        return Err(Problem::invalid_fields(errors));
     }
     let row = sqlx::query(concat!(
         "WITH t AS (INSERT INTO tasks (tenant_id, id, title, description, priority, assignee, \
@@ -540,7 +514,7 @@ pub async fn list(
     let Query(q) = query.map_err(|e| query_problem(&e))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(invalid_one(
+        return Err(Problem::invalid_field(
             "limit",
             format!("must be 1 to {MAX_PAGE_SIZE}"),
         ));
@@ -684,7 +658,7 @@ pub async fn update(
         .as_ref()
         .map(|e| e.as_deref().map(|e| email(e, &mut errors)));
     if !errors.is_empty() {
-        return Err(invalid(errors));
+        return Err(Problem::invalid_fields(errors));
     }
 
     let current = fetch(&mut tx, id, true).await?;
@@ -724,7 +698,7 @@ pub async fn update(
         &mut errors,
     );
     if !errors.is_empty() {
-        return Err(invalid(errors));
+        return Err(Problem::invalid_fields(errors));
     }
     if let Some(s) = patch.status
         && s != current.status

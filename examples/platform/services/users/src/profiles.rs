@@ -19,7 +19,7 @@ use std::fmt;
 use arq_auth::cel::{Key, MapValue, Value};
 use arq_auth::policy::{MapAttributes, NoAttributes};
 use arq_auth::{Permission, Principal, RequirePermission, permission};
-use arq_core::Problem;
+use arq_core::{FieldError, Problem};
 use arq_tenancy::TenantTx;
 use arq_tenancy::crypto::Encrypted;
 use axum::Json;
@@ -227,25 +227,6 @@ fn stored(row: &PgRow) -> Result<Stored, sqlx::Error> {
     })
 }
 
-/// One field's validation failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// The field (JSON or query name).
-    pub field: &'static str,
-    /// What is wrong with it and what is accepted.
-    pub message: String,
-}
-
-/// Every validation failure of a request, reported together as one 422 problem whose `errors`
-/// extension lists them ([`Problem::invalid_fields`]).
-fn invalid(errors: Vec<FieldError>) -> Problem {
-    Problem::invalid_fields(
-        errors
-            .into_iter()
-            .map(|e| arq_core::FieldError::new(e.field, e.message)),
-    )
-}
-
 /// A body that is not the expected JSON: 415 without a JSON content type, 400 when it does not
 /// parse, 422 when it parses but has the wrong shape (unknown field, missing field, bad value).
 fn body_problem(e: &JsonRejection) -> Problem {
@@ -292,17 +273,17 @@ fn display_name(value: &str, errors: &mut Vec<FieldError>) -> String {
     let value = value.trim();
     let chars = value.chars().count();
     if chars == 0 || chars > MAX_DISPLAY_NAME_CHARS {
-        errors.push(FieldError {
-            field: "display_name",
-            message: format!(
+        errors.push(FieldError::new(
+            "display_name",
+            format!(
                 "must be 1 to {MAX_DISPLAY_NAME_CHARS} characters, not counting surrounding spaces"
             ),
-        });
+        ));
     } else if value.chars().any(char::is_control) {
-        errors.push(FieldError {
-            field: "display_name",
-            message: "must not contain control characters".to_owned(),
-        });
+        errors.push(FieldError::new(
+            "display_name",
+            "must not contain control characters".to_owned(),
+        ));
     }
     value.to_owned()
 }
@@ -324,12 +305,9 @@ fn email(field: &'static str, value: &str, errors: &mut Vec<FieldError>) -> Stri
             None => false,
         };
     if !ok {
-        errors.push(FieldError {
-            field,
-            message: format!(
+        errors.push(FieldError::new(field, format!(
                 "must be an e-mail address like name@example.com, at most {MAX_EMAIL_CHARS} characters"
-            ),
-        });
+            )));
     }
     value.to_owned()
 }
@@ -343,10 +321,7 @@ fn phone(value: &str, errors: &mut Vec<FieldError>) -> String {
         .collect();
     let digits = compact.strip_prefix('+').unwrap_or("");
     if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        errors.push(FieldError {
-            field: "phone",
-            message: "must be an international number: + and the country code, then the number, 7 to 15 digits in all (e.g. +44 20 7946 0958)".to_owned(),
-        });
+        errors.push(FieldError::new("phone", "must be an international number: + and the country code, then the number, 7 to 15 digits in all (e.g. +44 20 7946 0958)".to_owned()));
     }
     compact
 }
@@ -375,10 +350,7 @@ fn preferences(value: &serde_json::Value, errors: &mut Vec<FieldError>) {
         None
     };
     if let Some(message) = message {
-        errors.push(FieldError {
-            field: "preferences",
-            message,
-        });
+        errors.push(FieldError::new("preferences", message));
     }
 }
 
@@ -521,7 +493,7 @@ pub async fn put_me(
         .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
     preferences(&prefs, &mut errors);
     if !errors.is_empty() {
-        return Err(invalid(errors));
+        return Err(Problem::invalid_fields(errors));
     }
 
     let tenant = tx.tenant();
@@ -645,10 +617,10 @@ pub async fn list(
     let mut errors = Vec::new();
     let limit = q.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        errors.push(FieldError {
-            field: "limit",
-            message: format!("must be 1 to {MAX_PAGE_SIZE}"),
-        });
+        errors.push(FieldError::new(
+            "limit",
+            format!("must be 1 to {MAX_PAGE_SIZE}"),
+        ));
     }
     let address = q.email.as_deref().map(|e| email("email", e, &mut errors));
     let prefs = match q.preferences.as_deref() {
@@ -659,18 +631,15 @@ pub async fn list(
                 Some(v)
             }
             Err(e) => {
-                errors.push(FieldError {
-                    field: "preferences",
-                    message: format!(
+                errors.push(FieldError::new("preferences", format!(
                         "must be a URL-encoded JSON object, like %7B%22theme%22%3A%22dark%22%7D for {{\"theme\":\"dark\"}} ({e})"
-                    ),
-                });
+                    )));
                 None
             }
         },
     };
     if !errors.is_empty() {
-        return Err(invalid(errors));
+        return Err(Problem::invalid_fields(errors));
     }
     let index = address.map(|a| state.crypto.email_index(tx.tenant(), &a));
     let fetch_limit = i64::from(limit) + 1;
