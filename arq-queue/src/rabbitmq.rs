@@ -155,10 +155,9 @@ impl Live {
 /// use arq_queue::{QueueConfig, Topology, connect_rabbitmq_retrying};
 /// let topology = Topology::new(["platform"])
 ///     .queue_config(QueueConfig::new("audit.events").bind("platform", "audit.#"));
-/// let shutdown = tokio::signal::ctrl_c();
-/// tokio::pin!(shutdown);
-/// let shutdown = async { let _ = (&mut shutdown).await; };
-/// tokio::pin!(shutdown);
+/// let mut shutdown = std::pin::pin!(async {
+///     let _ = tokio::signal::ctrl_c().await;
+/// });
 /// if let Some(queue) = connect_rabbitmq_retrying("amqp://127.0.0.1:5672/%2f", topology, &mut shutdown).await? {
 ///     // consume, or run an outbox relay, until shutdown
 /// #   drop(queue);
