@@ -5,7 +5,8 @@
 //!
 //! Needs the local PostgreSQL (`ARQ_TEST_DATABASE_URL` or the loopback default); creates and
 //! drops its own database. Run: `cargo bench -p arq-tenancy --bench tenant_tx`
-//! (`ARQ_BENCH_ROUNDS` overrides the 300 rounds).
+//! (`ARQ_BENCH_ROUNDS` overrides the 300 rounds; `ARQ_BENCH_ONLY=plain_tx_no_rls,...` runs only the
+//! named variants, for counting one variant's client instructions under callgrind).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -223,9 +224,16 @@ fn main() {
         .unwrap_or(300);
     let per_round = 50;
     // Warm-up: connections open, statements prepared, plans cached.
+    let only = std::env::var("ARQ_BENCH_ONLY").ok();
+    let selected = |k: usize| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == NAMES[k]))
+    };
     for k in 0..NAMES.len() * 200 {
         let (t, id) = next();
-        run(&rt, &s, k % NAMES.len(), t, id);
+        if selected(k % NAMES.len()) {
+            run(&rt, &s, k % NAMES.len(), t, id);
+        }
     }
     let mut tput: Vec<[f64; NAMES.len()]> = Vec::with_capacity(rounds);
     let mut lat: [Vec<Duration>; NAMES.len()] = Default::default();
@@ -233,6 +241,9 @@ fn main() {
         let mut this = [0.0; NAMES.len()];
         for step in 0..NAMES.len() {
             let k = (round + step) % NAMES.len();
+            if !selected(k) {
+                continue;
+            }
             let started = Instant::now();
             for _ in 0..per_round {
                 let (t, id) = next();
@@ -256,6 +267,9 @@ fn main() {
         "variant", "ops/s", "vs plain", "p50 us", "p99 us"
     );
     for (k, name) in NAMES.iter().enumerate() {
+        if !selected(k) {
+            continue;
+        }
         let ops = median(tput.iter().map(|r| r[k]).collect());
         let ratio = median(tput.iter().map(|r| r[k] / r[PLAIN]).collect());
         let l = &mut lat[k];
