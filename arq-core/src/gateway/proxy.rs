@@ -24,9 +24,7 @@ use super::metrics::RouteMetrics;
 use super::table::{RouteEntry, under};
 use crate::client::TENANT_HEADER;
 use crate::resilience::{Dependency, HttpClassifier, Idempotency, RetryRequest};
-use crate::{
-    CallerIdentity, IntoProblem, Problem, TRACEPARENT_HEADER, TRACESTATE_HEADER, TenantId,
-};
+use crate::{CallerIdentity, IntoProblem, Problem, TenantId};
 
 /// The pooled client, shared by every route: hyper keeps one pool per upstream authority.
 pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -126,29 +124,66 @@ fn resolve_tenant(
     }
 }
 
+/// The upstream URI: the route's scheme and authority, the path with the gateway prefix cut
+/// and the upstream's base path put in front, and the query. When there is nothing to cut or
+/// prepend (no gateway prefix, no base path), the client's path and query are reused as they
+/// are, without copying them.
 fn upstream_uri(entry: &RouteEntry, uri: &Uri) -> Result<Uri, http::Error> {
-    let path = uri.path();
-    // The route matched on the full prefix, so the gateway prefix is there to cut.
-    let rest = path.get(entry.strip..).unwrap_or(path);
-    let mut pq = String::with_capacity(entry.base_path.len() + rest.len() + 32);
-    pq.push_str(&entry.base_path);
-    pq.push_str(rest);
-    if let Some(q) = uri.query() {
-        pq.push('?');
-        pq.push_str(q);
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(entry.scheme.clone());
+    parts.authority = Some(entry.authority.clone());
+    parts.path_and_query = match uri.path_and_query() {
+        Some(pq) if entry.strip == 0 && entry.base_path.is_empty() => Some(pq.clone()),
+        _ => {
+            let path = uri.path();
+            // The route matched on the full prefix, so the gateway prefix is there to cut.
+            let rest = path.get(entry.strip..).unwrap_or(path);
+            let query = uri.query();
+            let mut pq = String::with_capacity(
+                entry.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
+            );
+            pq.push_str(&entry.base_path);
+            pq.push_str(rest);
+            if let Some(q) = query {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            Some(http::uri::PathAndQuery::try_from(pq)?)
+        }
+    };
+    Ok(Uri::from_parts(parts)?)
+}
+
+/// Hands out a value once per attempt: a copy while more attempts may follow, the value
+/// itself on the last one, so a request that cannot be retried is never copied.
+struct PerAttempt<T> {
+    value: Option<T>,
+    left: u32,
+}
+
+impl<T: Clone + Default> PerAttempt<T> {
+    fn new(value: T, attempts: u32) -> Self {
+        Self {
+            value: Some(value),
+            left: attempts.max(1),
+        }
     }
-    Uri::builder()
-        .scheme(entry.scheme.clone())
-        .authority(entry.authority.clone())
-        .path_and_query(pq)
-        .build()
+
+    fn next(&mut self) -> T {
+        self.left = self.left.saturating_sub(1);
+        if self.left == 0 {
+            self.value.take().unwrap_or_default()
+        } else {
+            self.value.clone().unwrap_or_default()
+        }
+    }
 }
 
 impl RouteProxy {
     async fn forward(self, mut req: Request<Body>) -> Response {
         let shared = &self.shared;
         let route = &self.route;
-        let identity = req.extensions().get::<CallerIdentity>().cloned();
+        let identity = req.extensions().get::<CallerIdentity>();
         if identity.is_none()
             && shared.require_identity
             && !shared.public.iter().any(|p| under(req.uri().path(), p))
@@ -159,7 +194,7 @@ impl RouteProxy {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
-        let tenant = match resolve_tenant(req.headers(), identity.as_ref()) {
+        let tenant = match resolve_tenant(req.headers(), identity) {
             Ok(t) => t,
             Err(refusal) => return refusal.into_response(),
         };
@@ -193,25 +228,25 @@ impl RouteProxy {
         let method = parts.method;
         let mut headers = parts.headers;
 
-        headers::strip_hop_by_hop(&mut headers, upgrade);
-        headers.remove(header::HOST);
-        headers::set_forwarded(&mut headers, peer, shared.proto, host);
-        // The request id and trace context are the gateway's (the edge stack made them from
-        // the client's when valid); the upstream continues the gateway's span.
-        headers.remove(crate::REQUEST_ID_HEADER);
-        headers.remove(TRACEPARENT_HEADER);
-        headers.remove(TRACESTATE_HEADER);
-        headers.remove(TENANT_HEADER);
+        let prior_chain = headers::for_upstream(&mut headers, upgrade, shared.proto, host);
+        if let Some(h) = &route.entry.host_header {
+            headers.insert(header::HOST, h.clone());
+        }
         if let Some(t) = tenant {
             crate::telemetry::record_tenant(&t);
         }
-        crate::client::inject_context(&mut headers);
 
         let (client, version) = if route.entry.http2 {
             (&shared.http2, Version::HTTP_2)
         } else {
             (&shared.http1, Version::HTTP_11)
         };
+        let attempts = match idempotency {
+            Idempotency::Idempotent => route.dependency.config().retry.max_attempts,
+            _ => 1,
+        };
+        let mut headers = PerAttempt::new(headers, attempts);
+        let mut uri = PerAttempt::new(uri, attempts);
         let mut body = Some(body);
         let start = Instant::now();
         let result = route
@@ -220,9 +255,18 @@ impl RouteProxy {
                 // Only bodyless requests are ever retried, so a second attempt sends no body.
                 let mut r = Request::new(body.take().unwrap_or_default());
                 *r.method_mut() = method.clone();
-                *r.uri_mut() = uri.clone();
+                *r.uri_mut() = uri.next();
                 *r.version_mut() = version;
-                *r.headers_mut() = headers.clone();
+                let h = r.headers_mut();
+                *h = headers.next();
+                if let Some(v) =
+                    peer.and_then(|ip| headers::forwarded_for(prior_chain.as_deref(), ip))
+                {
+                    h.insert(headers::X_FORWARDED_FOR, v);
+                }
+                // The request id and trace context are the gateway's (the edge stack made them
+                // from the client's when valid): each attempt continues the gateway's span.
+                crate::client::inject_context(h);
                 client.request(r)
             })
             .await;

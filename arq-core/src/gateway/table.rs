@@ -26,6 +26,11 @@ pub(crate) struct RouteEntry {
     pub(crate) base_path: String,
     pub(crate) upstream: String,
     pub(crate) http2: bool,
+    /// The `Host` header sent upstream when the route surely speaks HTTP/1.1 (`http://`
+    /// without `http2`), made once here: the value hyper-util's client would otherwise format
+    /// per request (the host, and the port unless it is the scheme's default). `None` leaves it
+    /// to the client, which sends `:authority` instead when the upstream speaks HTTP/2.
+    pub(crate) host_header: Option<http::HeaderValue>,
 }
 
 /// Checks a path prefix: a leading `/`, no trailing `/`, no empty, `.`/`..` or wildcard
@@ -92,6 +97,13 @@ pub(crate) fn build(
         if uri.query().is_some() {
             return Err(bad("cannot carry a query".to_owned()));
         }
+        let host_header = (scheme == http::uri::Scheme::HTTP && !r.http2)
+            .then(|| match authority.port_u16() {
+                Some(80) | None => http::HeaderValue::from_str(authority.host()),
+                Some(port) => http::HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+            })
+            .transpose()
+            .map_err(|e| bad(format!("its host is not a valid Host header: {e}")))?;
         routes.push(RouteEntry {
             name: name.clone(),
             full_prefix: format!("{gw}{}", r.prefix),
@@ -101,6 +113,7 @@ pub(crate) fn build(
             base_path: uri.path().trim_end_matches('/').to_owned(),
             upstream: r.upstream.clone(),
             http2: r.http2,
+            host_header,
         });
     }
     for (i, a) in routes.iter().enumerate() {
@@ -174,5 +187,21 @@ mod tests {
         ));
         let (_, public) = build(&cfg(&[("users", "/users")]).public("/users/signup")).unwrap();
         assert_eq!(public, ["/api/v1/users/signup"]);
+    }
+
+    #[test]
+    fn the_host_header_is_the_one_the_client_would_send() {
+        let host = |upstream: &str, http2: bool| {
+            let c =
+                GatewayConfig::new("").route("x", RouteConfig::new("/x", upstream).http2(http2));
+            build(&c).unwrap().0[0].host_header.clone()
+        };
+        assert_eq!(host("http://users:3002/base", false).unwrap(), "users:3002");
+        assert_eq!(host("http://users:80", false).unwrap(), "users");
+        assert_eq!(host("http://users", false).unwrap(), "users");
+        assert_eq!(host("http://[::1]:8080", false).unwrap(), "[::1]:8080");
+        // HTTP/2 (prior knowledge, or possibly by ALPN): the client sends `:authority`.
+        assert!(host("http://users:3002", true).is_none());
+        assert!(host("https://users:3002", false).is_none());
     }
 }
