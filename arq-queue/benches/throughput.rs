@@ -301,9 +301,22 @@ async fn bench_memory(rows: &mut Vec<String>, scale: f64) {
 
 async fn raw_redis(url: &str, prefix: &str, n: u64, rate: Option<u64>) -> Outcome {
     let client = redis::Client::open(url).unwrap();
-    let mut pubc = client.get_multiplexed_async_connection().await.unwrap();
-    let mut readc = client.get_multiplexed_async_connection().await.unwrap();
-    let mut ackc = client.get_multiplexed_async_connection().await.unwrap();
+    // arq's connections' response timeout (10 s), so that a slow run (under callgrind) does not
+    // time out on the raw side only.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    let mut pubc = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let mut readc = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let mut ackc = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
     let key = format!("{prefix}:raw");
     let _: () = redis::cmd("DEL")
         .arg(&key)
@@ -438,6 +451,24 @@ async fn bench_redis(rows: &mut Vec<String>, scale: f64) {
     let prefix = format!("arqbench-{}", uuid::Uuid::new_v4().simple());
     let n = (200_000.0 * scale) as u64;
     let cfg = || QueueConfig::new("rq").prefetch(1000).concurrency(1000);
+    // `ARQ_BENCH_REDIS_CASE=raw` or `arq` runs only that side's saturation case: under callgrind
+    // the two sides' instruction counts then come from separate runs.
+    match std::env::var("ARQ_BENCH_REDIS_CASE").as_deref() {
+        Ok("raw") => {
+            let raw = raw_redis(&url, &prefix, n, None).await;
+            line(rows, "Redis Streams", "raw redis", "saturation", raw, None);
+            redis_cleanup(&url, &prefix).await;
+            return;
+        }
+        Ok("arq") => {
+            let backend = RedisBackend::connect(&url, &prefix).await.unwrap();
+            let arq = arq_case(backend, cfg(), n, 500, 4, None).await;
+            line(rows, "Redis Streams", "arq worker", "saturation", arq, None);
+            redis_cleanup(&url, &prefix).await;
+            return;
+        }
+        _ => {}
+    }
     let raw = raw_redis(&url, &prefix, n, None).await;
     line(
         rows,
