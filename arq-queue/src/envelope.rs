@@ -1,6 +1,7 @@
 //! The envelope every message travels in, and the typed messages put inside it.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -102,7 +103,7 @@ pub struct Failure {
     pub error: String,
 }
 
-type ToJson = fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, serde_json::Error>;
+type ToJson = fn(&(dyn Any + Send + Sync), &mut Vec<u8>) -> Result<(), serde_json::Error>;
 
 /// The payload of an envelope: either JSON bytes (what crosses a network) or the typed value
 /// itself (what the in-memory backend passes around without serializing).
@@ -137,11 +138,15 @@ impl fmt::Debug for Payload {
 
 fn to_json_of<T: Serialize + 'static>(
     value: &(dyn Any + Send + Sync),
-) -> Result<Vec<u8>, serde_json::Error> {
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
     match value.downcast_ref::<T>() {
-        Some(v) => serde_json::to_vec(v),
+        Some(v) => serde_json::to_writer(out, v),
         // Unreachable by construction: the function pointer is stored next to a value of `T`.
-        None => Ok(b"null".to_vec()),
+        None => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
     }
 }
 
@@ -158,13 +163,35 @@ impl Payload {
     pub fn to_json(&self) -> Result<Bytes, QueueError> {
         match self {
             Self::Json(b) => Ok(b.clone()),
-            Self::Native(n) => {
-                (n.to_json)(n.value.as_ref())
-                    .map(Bytes::from)
-                    .map_err(|e| QueueError::Encode {
-                        reason: e.to_string(),
-                    })
+            Self::Native(_) => {
+                let mut out = Vec::new();
+                self.write_json(&mut out)?;
+                Ok(Bytes::from(out))
             }
+        }
+    }
+
+    /// Appends the payload's JSON to `out`, `null` for an empty one (what the wire forms hold
+    /// for it).
+    pub(crate) fn write_json_or_null(&self, out: &mut Vec<u8>) -> Result<(), QueueError> {
+        let at = out.len();
+        self.write_json(out)?;
+        if out.len() == at {
+            out.extend_from_slice(b"null");
+        }
+        Ok(())
+    }
+
+    /// Appends the payload's JSON to `out` (a typed payload is serialized straight into it).
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), QueueError> {
+        match self {
+            Self::Json(b) => {
+                out.extend_from_slice(b);
+                Ok(())
+            }
+            Self::Native(n) => (n.to_json)(n.value.as_ref(), out).map_err(|e| QueueError::Encode {
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -288,10 +315,26 @@ impl Envelope {
         self
     }
 
-    /// Serializes the whole envelope to its JSON wire form (used by Redis Streams and the
-    /// outbox; RabbitMQ maps the fields onto AMQP properties instead).
+    /// Serializes the whole envelope to its JSON wire form (used by the outbox; RabbitMQ maps
+    /// the fields onto AMQP properties instead, Redis Streams stores the header and the payload
+    /// apart).
     pub fn encode(&self) -> Result<Vec<u8>, QueueError> {
-        let payload = self.payload.to_json()?;
+        let mut out = Vec::with_capacity(512);
+        self.write_header(&mut out)?;
+        // The payload is already JSON (or serializes straight into `out`): splice it in rather
+        // than re-parse it into a RawValue. The header always serializes as a non-empty object
+        // ending in `}`.
+        out.pop();
+        out.extend_from_slice(b",\"payload\":");
+        self.payload.write_json_or_null(&mut out)?;
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// Appends the header to `out`: the JSON wire form without the payload (an object with
+    /// every field but `payload`), for a backend that stores the payload apart
+    /// ([`Envelope::decode_header`] reads it back).
+    pub(crate) fn write_header(&self, out: &mut Vec<u8>) -> Result<(), QueueError> {
         let wire = Wire {
             id: self.id,
             message_type: &self.message_type,
@@ -307,39 +350,40 @@ impl Envelope {
             created_at_ms: self.created_at_ms,
             failures: &self.failures,
         };
-        let mut out = Vec::with_capacity(160 + payload.len());
-        serde_json::to_writer(&mut out, &wire).map_err(|e| QueueError::Encode {
+        serde_json::to_writer(out, &wire).map_err(|e| QueueError::Encode {
             reason: e.to_string(),
-        })?;
-        // The payload is already JSON: splice it in rather than re-parse it into a RawValue.
-        // `wire` always serializes as a non-empty object ending in `}`.
-        out.pop();
-        out.extend_from_slice(b",\"payload\":");
-        if payload.is_empty() {
-            out.extend_from_slice(b"null");
-        } else {
-            out.extend_from_slice(&payload);
-        }
-        out.push(b'}');
-        Ok(out)
+        })
     }
 
     /// Parses the JSON wire form. Bad input is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Self, QueueError> {
-        let wire: WireOwned = serde_json::from_slice(bytes).map_err(|e| QueueError::Decode {
+        let wire: WireIn<'_> = serde_json::from_slice(bytes).map_err(|e| QueueError::Decode {
             reason: format!("not an arq envelope: {e}"),
         })?;
-        Ok(Self {
-            id: wire.id,
-            message_type: wire.message_type.into(),
-            tenant: wire.tenant,
-            trace: trace_from_parts(wire.traceparent.as_deref(), wire.tracestate.as_deref()),
-            attempt: wire.attempt.max(1),
-            headers: wire.headers,
-            created_at_ms: wire.created_at_ms,
-            failures: wire.failures,
-            payload: Payload::Json(Bytes::from(String::from(Box::<str>::from(wire.payload)))),
-        })
+        let Some(payload) = wire.payload else {
+            return Err(QueueError::Decode {
+                reason: "not an arq envelope: missing field `payload`".to_owned(),
+            });
+        };
+        let payload = Bytes::copy_from_slice(payload.get().as_bytes());
+        Ok(wire.into_envelope(Payload::Json(payload)))
+    }
+
+    /// Parses a header ([`Envelope::write_header`]). The payload is stored apart, so the
+    /// envelope returned has an empty one: the caller puts in the payload's JSON as it is.
+    /// Not parsing the payload here is the point: a payload that is not JSON fails the
+    /// handler's typed decode (which dead-letters it) instead of being scanned twice.
+    /// Bad input is an error, never a panic.
+    pub(crate) fn decode_header(header: &[u8]) -> Result<Self, QueueError> {
+        let wire: WireIn<'_> = serde_json::from_slice(header).map_err(|e| QueueError::Decode {
+            reason: format!("not an arq envelope header: {e}"),
+        })?;
+        if wire.payload.is_some() {
+            return Err(QueueError::Decode {
+                reason: "not an arq envelope header: it carries a payload".to_owned(),
+            });
+        }
+        Ok(wire.into_envelope(Payload::Json(Bytes::new())))
     }
 
     /// The last failure's error, if any.
@@ -378,24 +422,51 @@ struct Wire<'a> {
     failures: &'a [Failure],
 }
 
+/// What [`Envelope::decode`] and [`Envelope::decode_header`] read: strings borrowed from the
+/// input where they need no unescaping, the payload (absent in a header) as raw JSON.
 #[derive(Deserialize)]
-struct WireOwned {
+struct WireIn<'a> {
     id: MessageId,
-    #[serde(rename = "type")]
-    message_type: String,
+    #[serde(rename = "type", borrow)]
+    message_type: Cow<'a, str>,
     #[serde(default)]
     tenant: Option<TenantId>,
-    #[serde(default)]
-    traceparent: Option<String>,
-    #[serde(default)]
-    tracestate: Option<String>,
+    #[serde(default, borrow)]
+    traceparent: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tracestate: Option<Cow<'a, str>>,
     attempt: u32,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     created_at_ms: u64,
     #[serde(default)]
     failures: Vec<Failure>,
-    payload: Box<serde_json::value::RawValue>,
+    // `null` is a payload too (what `encode` writes for an empty one): absent is `None`.
+    #[serde(default, borrow, deserialize_with = "present")]
+    payload: Option<&'a serde_json::value::RawValue>,
+}
+
+fn present<'de, D>(d: D) -> Result<Option<&'de serde_json::value::RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&serde_json::value::RawValue>::deserialize(d).map(Some)
+}
+
+impl WireIn<'_> {
+    fn into_envelope(self, payload: Payload) -> Envelope {
+        Envelope {
+            id: self.id,
+            message_type: Arc::from(&*self.message_type),
+            tenant: self.tenant,
+            trace: trace_from_parts(self.traceparent.as_deref(), self.tracestate.as_deref()),
+            attempt: self.attempt.max(1),
+            headers: self.headers,
+            created_at_ms: self.created_at_ms,
+            failures: self.failures,
+            payload,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -452,6 +523,43 @@ mod tests {
     }
 
     #[test]
+    fn header_round_trip_leaves_the_payload_to_the_caller() {
+        let mut env = Envelope::new(Ping { n: 7 })
+            .with_tenant(TenantId::generate())
+            .with_header("k", "v \" \n escaped");
+        env.attempt = 3;
+        env.failures.push(Failure {
+            attempt: 2,
+            at_ms: 5,
+            error: "boom".into(),
+        });
+        let mut header = Vec::new();
+        env.write_header(&mut header).unwrap();
+        let wire: serde_json::Value = serde_json::from_slice(&header).unwrap();
+        assert!(wire.get("payload").is_none());
+        let back = Envelope::decode_header(&header).unwrap();
+        assert_eq!(back.id, env.id);
+        assert_eq!(back.tenant, env.tenant);
+        assert_eq!(back.attempt, 3);
+        assert_eq!(back.headers, env.headers);
+        assert_eq!(back.failures, env.failures);
+        assert!(matches!(&back.payload, Payload::Json(b) if b.is_empty()));
+        // A whole envelope is not a header.
+        assert!(Envelope::decode_header(&env.encode().unwrap()).is_err());
+    }
+
+    #[test]
+    fn whole_form_keeps_null_and_requires_a_payload() {
+        let env = Envelope::with_payload("t", Payload::Json(Bytes::new()));
+        let back = Envelope::decode(&env.encode().unwrap()).unwrap();
+        assert!(matches!(&back.payload, Payload::Json(b) if &b[..] == b"null"));
+        let mut header = Vec::new();
+        env.write_header(&mut header).unwrap();
+        let e = Envelope::decode(&header).unwrap_err().to_string();
+        assert!(e.contains("payload"), "{e}");
+    }
+
+    #[test]
     fn message_ids_are_v7_distinct_and_time_ordered() {
         let a = MessageId::generate();
         std::thread::sleep(Duration::from_millis(2));
@@ -474,6 +582,7 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = Envelope::decode(&bytes);
+            let _ = Envelope::decode_header(&bytes);
         }
     }
 }

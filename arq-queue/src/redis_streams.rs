@@ -2,11 +2,19 @@
 //!
 //! # Layout
 //! For a work queue `q` under the key prefix `p`:
-//! - `p:q` — the stream, consumed by the consumer group `arq`; each entry has one field `e`
-//!   holding the envelope's JSON wire form;
-//! - `p:q.wait` — a sorted set of envelopes waiting for their retry, scored by due time (ms);
-//! - `p:q.dead` — the dead-letter stream, trimmed to the dead-letter TTL on every append
-//!   (`XADD … MINID ~ now-ttl`).
+//! - `p:q` — the stream, consumed by the consumer group `arq`; each entry has one field `m`:
+//!   `<n>:<header><payload>`, where the header is the envelope's JSON wire form without the
+//!   payload, `n` its length in bytes (decimal), and the payload the payload's JSON. A consumer
+//!   parses the header only; the handler parses the payload, once;
+//! - `p:q.wait` — a sorted set of retries waiting (members as the field `m`), scored by due
+//!   time (ms);
+//! - `p:q.dead` — the dead-letter stream (same field), trimmed to the dead-letter TTL on every
+//!   append (`XADD … MINID ~ now-ttl`). An entry that could not be decoded is dead-lettered
+//!   with the fields it had and an `error` field saying why.
+//!
+//! The previous wire form, one field `e` holding the whole JSON envelope (and sorted-set members
+//! that are such an envelope), is still read everywhere: entries written before an upgrade are
+//! consumed, retried, dead-lettered and requeued like the others (then in the current form).
 //!
 //! Routing (topic exchanges and bindings) happens in the publisher from the declared topology;
 //! an unroutable publish is an error before anything is written. A batch is written with one
@@ -34,12 +42,13 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, Script, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
-use crate::envelope::{Envelope, Failure};
+use crate::envelope::{Envelope, Failure, Payload};
 use crate::error::QueueError;
 use crate::topology::{QueueConfig, Topology};
 
@@ -159,7 +168,7 @@ impl Conn {
     }
 }
 
-/// KEYS: stream, wait zset. ARGV: group, entry id, delay ms, encoded envelope.
+/// KEYS: stream, wait zset. ARGV: group, entry id, delay ms, retry member ([`retry_member`]).
 const RETRY: &str = r"
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -169,7 +178,8 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
 return 1
 ";
 
-/// KEYS: stream, dead stream. ARGV: group, entry id, ttl ms, encoded envelope.
+/// KEYS: stream, dead stream. ARGV: group, entry id, ttl ms, then the dead entry's fields and
+/// values.
 const DEAD: &str = r"
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -177,31 +187,93 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local min = now - tonumber(ARGV[3])
 if min < 0 then min = 0 end
-redis.call('XADD', KEYS[2], 'MINID', '~', tostring(min), '*', 'e', ARGV[4])
+redis.call('XADD', KEYS[2], 'MINID', '~', tostring(min), '*', unpack(ARGV, 4))
 return 1
 ";
 
-/// KEYS: wait zset, stream. ARGV: max to move. Moves due retries back to the stream.
+/// KEYS: wait zset, stream. ARGV: max to move. Moves due retries back to the stream: a member
+/// in the current form (`<n>:…`, it starts with a digit) as field `m`, one of the previous form
+/// (a whole JSON envelope, it starts with `{`) as field `e`.
 const PROMOTE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, m in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'e', m)
+  if string.find(m, '^%d') then
+    redis.call('XADD', KEYS[2], '*', 'm', m)
+  else
+    redis.call('XADD', KEYS[2], '*', 'e', m)
+  end
   redis.call('ZREM', KEYS[1], m)
 end
 return #due
 ";
 
-/// KEYS: stream. ARGV: group, entry id, encoded envelope. Puts a pending entry back as new.
+/// KEYS: stream. ARGV: group, entry id, then the entry's fields and values. Puts a pending
+/// entry back as new.
 const RELEASE: &str = r"
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if n == 1 then
   redis.call('XDEL', KEYS[1], ARGV[2])
-  redis.call('XADD', KEYS[1], '*', 'e', ARGV[3])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 end
 return n
 ";
+
+/// Stream entry field of the current wire form: `<n>:<header><payload>` ([`encode_entry`]).
+const MESSAGE: &[u8] = b"m";
+/// Stream entry field of the previous wire form: the whole envelope as JSON. Read, no longer
+/// written.
+const WHOLE: &[u8] = b"e";
+/// Dead-letter entry field: why an entry that could not be decoded was dead-lettered.
+const ERROR: &[u8] = b"error";
+
+/// An envelope in the current wire form: `<n>:<header><payload>`, where the header is the
+/// envelope's JSON without the payload and `n` its length in bytes. One string, so it is the
+/// stream field's value and the retry set's member alike (unique per retry: the header holds
+/// the message id, the attempt and the failures); one field, so a read entry costs the client
+/// no more reply values than the whole-envelope form did (two fields measured slower: the
+/// client's RESP parsing per value outweighed the payload scan saved).
+fn encode_entry(env: &Envelope) -> Result<Vec<u8>, QueueError> {
+    let mut out = Vec::with_capacity(512);
+    env.write_header(&mut out)?;
+    let mut digits = [0u8; 20];
+    let mut n = out.len();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.splice(0..0, digits[at..].iter().copied().chain([b':']));
+    env.payload.write_json_or_null(&mut out)?;
+    Ok(out)
+}
+
+/// Where the header and the payload of a current-form value are: `(header range, payload
+/// start)`.
+fn entry_parts(value: &[u8]) -> Result<(std::ops::Range<usize>, usize), QueueError> {
+    let bad = |why: &str| QueueError::Decode {
+        reason: format!("not an arq stream entry: {why}"),
+    };
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 || value.get(digits) != Some(&b':') {
+        return Err(bad("it does not start with `<header length>:`"));
+    }
+    let len: usize = std::str::from_utf8(&value[..digits])
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| bad("the header length is not a number"))?;
+    let start = digits + 1;
+    let end = start
+        .checked_add(len)
+        .filter(|&end| end <= value.len())
+        .ok_or_else(|| bad("the header length runs past the end"))?;
+    Ok((start..end, end))
+}
 
 /// The Redis Streams backend. Clones share connections.
 ///
@@ -353,13 +425,13 @@ impl Backend for RedisBackend {
                     .collect();
                 routed = route;
             }
-            let body = o.envelope.encode()?;
+            let entry = encode_entry(&o.envelope)?;
             for stream in &streams {
                 pipe.cmd("XADD")
                     .arg(stream)
                     .arg("*")
-                    .arg("e")
-                    .arg(&body)
+                    .arg(MESSAGE)
+                    .arg(&entry)
                     .ignore();
                 n += 1;
             }
@@ -457,7 +529,11 @@ impl Backend for RedisBackend {
             .await?;
         parse_entries(&entries)
             .into_iter()
-            .map(|(_, body)| Envelope::decode(&body))
+            .map(|entry| {
+                entry.body.decode().map_err(|(_, e)| QueueError::Decode {
+                    reason: format!("dead-letter entry {}: {e}", entry.id),
+                })
+            })
             .collect()
     }
 
@@ -476,29 +552,32 @@ impl Backend for RedisBackend {
             )
             .await?;
         let entries = parse_entries(&entries);
+        let count = entries.len();
+        let stream = self.inner.stream(&queue.name);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (id, body) in &entries {
-            let body = match Envelope::decode(body) {
+        for entry in entries {
+            let xadd = pipe.cmd("XADD").arg(&stream).arg("*");
+            match entry.body.decode() {
                 Ok(mut env) => {
                     env.attempt = 1;
-                    env.encode()?
+                    xadd.arg(MESSAGE).arg(encode_entry(&env)?);
                 }
-                // Keep what we cannot parse as it is; the worker will dead-letter it again.
-                Err(_) => body.clone(),
-            };
-            pipe.cmd("XADD")
-                .arg(self.inner.stream(&queue.name))
-                .arg("*")
-                .arg("e")
-                .arg(body)
-                .ignore();
-            pipe.cmd("XDEL").arg(&dead).arg(id).ignore();
+                // Keep what we cannot parse as it is (without the error the dead-lettering
+                // added); the worker will dead-letter it again.
+                Err((body, _)) => {
+                    for (k, v) in body.fields() {
+                        xadd.arg(k).arg(v);
+                    }
+                }
+            }
+            xadd.ignore();
+            pipe.cmd("XDEL").arg(&dead).arg(&entry.id).ignore();
         }
-        if !entries.is_empty() {
+        if count > 0 {
             self.inner.conn.pipe::<()>(&pipe).await?;
         }
-        Ok(entries.len())
+        Ok(count)
     }
 
     async fn purge(&self, queue: &QueueConfig) -> Result<u64, QueueError> {
@@ -528,7 +607,7 @@ impl Backend for RedisBackend {
                 .await?;
             let ids: Vec<String> = parse_entries(&entries)
                 .into_iter()
-                .map(|(id, _)| id)
+                .map(|entry| entry.id)
                 .collect();
             let Some(tail) = ids.last().cloned() else {
                 break;
@@ -572,7 +651,72 @@ struct ReaderCtx {
     visibility_ms: u64,
 }
 
-type Entry = (String, Vec<u8>);
+/// A stream entry as read: its id and fields.
+#[derive(Debug)]
+struct Entry {
+    id: String,
+    body: Body,
+}
+
+/// A stream entry's fields, by wire form.
+#[derive(Debug)]
+enum Body {
+    /// The current form: `<n>:<header><payload>` (field `m`).
+    Framed(Vec<u8>),
+    /// The previous form: the whole envelope as JSON (field `e`).
+    Whole(Vec<u8>),
+    /// Neither (written by something else, or damaged): its fields as they are, so that
+    /// dead-lettering keeps them.
+    Other(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+impl Body {
+    /// The envelope, or why there is none (with the body back, to dead-letter it as it is).
+    fn decode(self) -> Result<Envelope, (Self, QueueError)> {
+        match self {
+            Self::Framed(value) => {
+                let parsed = entry_parts(&value).and_then(|(header, payload)| {
+                    Envelope::decode_header(&value[header]).map(|env| (env, payload))
+                });
+                match parsed {
+                    Ok((mut env, payload)) => {
+                        // The payload stays in the buffer it arrived in: no copy, no scan.
+                        env.payload = Payload::Json(Bytes::from(value).slice(payload..));
+                        Ok(env)
+                    }
+                    Err(e) => Err((Self::Framed(value), e)),
+                }
+            }
+            Self::Whole(body) => Envelope::decode(&body).map_err(|e| (Self::Whole(body), e)),
+            Self::Other(fields) => {
+                let names: Vec<_> = fields
+                    .iter()
+                    .map(|(k, _)| String::from_utf8_lossy(k))
+                    .collect();
+                let e = QueueError::Decode {
+                    reason: format!(
+                        "not an arq stream entry: it has the fields {names:?}, not `m` (or `e`)"
+                    ),
+                };
+                Err((Self::Other(fields), e))
+            }
+        }
+    }
+
+    /// The fields to write when the entry is copied as it is (put back, dead-lettered,
+    /// requeued); an `error` a previous dead-lettering added is left out.
+    fn fields(&self) -> Vec<(&[u8], &[u8])> {
+        match self {
+            Self::Framed(value) => vec![(MESSAGE, value)],
+            Self::Whole(body) => vec![(WHOLE, body)],
+            Self::Other(fields) => fields
+                .iter()
+                .filter(|(k, _)| k.as_slice() != ERROR)
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect(),
+        }
+    }
+}
 
 /// Reads new entries (blocking on its own connection, so publishes and acks on the shared
 /// connection never wait behind it), promotes due retries, and reaps stuck entries.
@@ -689,15 +833,15 @@ async fn read_loop(ctx: ReaderCtx, tx: mpsc::Sender<Result<Entry, QueueError>>) 
 }
 
 async fn release(backend: &RedisBackend, keys: &Keys, entries: impl IntoIterator<Item = Entry>) {
-    for (id, body) in entries {
+    for entry in entries {
+        let mut args: Vec<&[u8]> = vec![GROUP.as_bytes(), entry.id.as_bytes()];
+        for (k, v) in entry.body.fields() {
+            args.extend([k, v]);
+        }
         let r = backend
             .inner
             .conn
-            .script::<u64>(
-                &backend.inner.release,
-                &[&keys.stream],
-                &[GROUP.as_bytes(), id.as_bytes(), &body],
-            )
+            .script::<u64>(&backend.inner.release, &[&keys.stream], &args)
             .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "releasing an unstarted entry failed; the reaper will reclaim it");
@@ -706,8 +850,12 @@ async fn release(backend: &RedisBackend, keys: &Keys, entries: impl IntoIterator
 }
 
 struct AckRequest {
-    id: String,
-    done: oneshot::Sender<Result<(), QueueError>>,
+    /// The entry to acknowledge; `None` only asks to be told once everything queued before
+    /// it is done.
+    id: Option<String>,
+    /// Told the outcome; `None` for an acknowledgement nobody waits for
+    /// ([`Delivery::ack_now`]).
+    done: Option<oneshot::Sender<Result<(), QueueError>>>,
 }
 
 /// Acknowledges in batches: every ack that arrived while the previous round trip was in
@@ -715,23 +863,38 @@ struct AckRequest {
 async fn ack_loop(conn: Conn, keys: Arc<Keys>, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
-        let ids: Vec<&str> = batch.iter().map(|a| a.id.as_str()).collect();
-        let mut pipe = redis::pipe();
-        pipe.cmd("XACK")
-            .arg(&keys.stream)
-            .arg(GROUP)
-            .arg(&ids)
-            .ignore();
-        pipe.cmd("XDEL").arg(&keys.stream).arg(&ids).ignore();
-        let r = conn.pipe::<()>(&pipe).await;
+        let ids: Vec<&str> = batch.iter().filter_map(|a| a.id.as_deref()).collect();
+        let r = if ids.is_empty() {
+            Ok(())
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.cmd("XACK")
+                .arg(&keys.stream)
+                .arg(GROUP)
+                .arg(&ids)
+                .ignore();
+            pipe.cmd("XDEL").arg(&keys.stream).arg(&ids).ignore();
+            conn.pipe::<()>(&pipe).await
+        };
+        if let Err(e) = &r {
+            let unwatched = batch
+                .iter()
+                .filter(|a| a.id.is_some() && a.done.is_none())
+                .count();
+            if unwatched > 0 {
+                tracing::warn!(error = %e, stream = %keys.stream, entries = unwatched, "acknowledging failed; the entries stay pending and the reaper redelivers them");
+            }
+        }
         for a in batch.drain(..) {
-            let _ = a.done.send(match &r {
-                Ok(()) => Ok(()),
-                Err(e) => Err(QueueError::Connection {
-                    backend: BACKEND,
-                    reason: e.to_string(),
-                }),
-            });
+            if let Some(done) = a.done {
+                let _ = done.send(match &r {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(QueueError::Connection {
+                        backend: BACKEND,
+                        reason: e.to_string(),
+                    }),
+                });
+            }
         }
     }
 }
@@ -786,15 +949,24 @@ impl Consumer for RedisConsumer {
         }
         let left = self.take_buffered();
         release(&self.backend, &self.keys, left).await;
+        // Acknowledgements queued without waiting (`ack_now`) go out before this returns.
+        let (done, flushed) = oneshot::channel();
+        let flush = AckRequest {
+            id: None,
+            done: Some(done),
+        };
+        if self.ack_tx.send(flush).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     async fn next(&mut self) -> Option<Result<RedisDelivery, QueueError>> {
         loop {
-            let (id, body) = match self.rx.recv().await? {
+            let Entry { id, body } = match self.rx.recv().await? {
                 Ok(e) => e,
                 Err(e) => return Some(Err(e)),
             };
-            match Envelope::decode(&body) {
+            match body.decode() {
                 Ok(envelope) => {
                     return Some(Ok(RedisDelivery {
                         backend: self.backend.clone(),
@@ -804,10 +976,19 @@ impl Consumer for RedisConsumer {
                         ack_tx: self.ack_tx.clone(),
                     }));
                 }
-                Err(e) => {
-                    // Poison at the envelope level: no handler can run it. Dead-letter the raw
-                    // body so nothing is lost and the stream is not blocked.
+                Err((body, e)) => {
+                    // Poison at the envelope level: no handler can run it. Dead-letter the
+                    // entry's fields as they are, with the reason, so nothing is lost and the
+                    // stream is not blocked.
                     tracing::warn!(error = %e, entry = %id, "undecodable stream entry; dead-lettering it");
+                    let ttl = self.keys.dead_ttl_ms.to_string();
+                    let reason = e.to_string();
+                    let mut args: Vec<&[u8]> =
+                        vec![GROUP.as_bytes(), id.as_bytes(), ttl.as_bytes()];
+                    for (k, v) in body.fields() {
+                        args.extend([k, v]);
+                    }
+                    args.extend([ERROR, reason.as_bytes()]);
                     let r = self
                         .backend
                         .inner
@@ -815,12 +996,7 @@ impl Consumer for RedisConsumer {
                         .script::<u64>(
                             &self.backend.inner.dead,
                             &[&self.keys.stream, &self.keys.dead],
-                            &[
-                                GROUP.as_bytes(),
-                                id.as_bytes(),
-                                self.keys.dead_ttl_ms.to_string().as_bytes(),
-                                &body,
-                            ],
+                            &args,
                         )
                         .await;
                     if let Err(e) = r {
@@ -858,16 +1034,36 @@ impl Delivery for RedisDelivery {
     async fn ack(self) -> Result<(), QueueError> {
         let (done, wait) = oneshot::channel();
         self.ack_tx
-            .send(AckRequest { id: self.id, done })
+            .send(AckRequest {
+                id: Some(self.id),
+                done: Some(done),
+            })
             .map_err(|_| QueueError::Closed)?;
         wait.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Queues the acknowledgement for the consumer's next `XACK` + `XDEL` round trip without
+    /// waiting for it, so a handler that finished on its first poll is settled with no future
+    /// per message. Should that round trip fail, the entry stays pending and the reaper
+    /// redelivers it, as after a crash right after the handler; closing the consumer waits
+    /// for what is queued.
+    fn ack_now(&mut self) -> Option<Result<(), QueueError>> {
+        let id = std::mem::take(&mut self.id);
+        Some(
+            self.ack_tx
+                .send(AckRequest {
+                    id: Some(id),
+                    done: None,
+                })
+                .map_err(|_| QueueError::Closed),
+        )
     }
 
     async fn retry(self, failure: Failure, delay: Duration) -> Result<(), QueueError> {
         let mut env = self.envelope;
         env.failures.push(failure);
         env.attempt = env.attempt.saturating_add(1);
-        let body = env.encode()?;
+        let member = encode_entry(&env)?;
         let delay_ms = u64::try_from(delay.as_millis())
             .unwrap_or(u64::MAX)
             .to_string();
@@ -881,7 +1077,7 @@ impl Delivery for RedisDelivery {
                     GROUP.as_bytes(),
                     self.id.as_bytes(),
                     delay_ms.as_bytes(),
-                    &body,
+                    &member,
                 ],
             )
             .await
@@ -891,15 +1087,22 @@ impl Delivery for RedisDelivery {
     async fn dead_letter(self, failure: Failure) -> Result<(), QueueError> {
         let mut env = self.envelope;
         env.failures.push(failure);
-        let body = env.encode()?;
+        let entry = encode_entry(&env)?;
         let ttl = self.keys.dead_ttl_ms.to_string();
+        let args: [&[u8]; 5] = [
+            GROUP.as_bytes(),
+            self.id.as_bytes(),
+            ttl.as_bytes(),
+            MESSAGE,
+            &entry,
+        ];
         self.backend
             .inner
             .conn
             .script::<u64>(
                 &self.backend.inner.dead,
                 &[&self.keys.stream, &self.keys.dead],
-                &[GROUP.as_bytes(), self.id.as_bytes(), ttl.as_bytes(), &body],
+                &args,
             )
             .await
             .map(drop)
@@ -922,8 +1125,8 @@ fn value_u64(v: &Value) -> Option<u64> {
     }
 }
 
-/// `[[id, [field, value, …]], …]` → (id, value of field `e`). Entries without `e` (deleted
-/// or foreign) are skipped.
+/// `[[id, [field, value, …]], …]` → entries. Entries without fields (deleted since they were
+/// delivered: `XAUTOCLAIM` on Redis before 7) are skipped.
 fn parse_entries(v: &Value) -> Vec<Entry> {
     parse_entries_owned(v.clone())
 }
@@ -948,17 +1151,52 @@ fn parse_entries_owned(v: Value) -> Vec<Entry> {
             let Value::Array(fields) = pair.next()? else {
                 return None;
             };
-            let mut fields = fields.into_iter();
-            while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
-                if let (Value::BulkString(k), Value::BulkString(body)) = (k, v)
-                    && k == b"e"
-                {
-                    return Some((id, body));
-                }
-            }
-            None
+            Some(Entry {
+                id,
+                body: parse_body(fields),
+            })
         })
         .collect()
+}
+
+/// An entry's flat `[field, value, …]` list, sorted by wire form.
+fn parse_body(mut fields: Vec<Value>) -> Body {
+    let (mut framed, mut whole) = (None, None);
+    for (i, pair) in fields.chunks_exact(2).enumerate() {
+        if let [Value::BulkString(name), Value::BulkString(_)] = pair {
+            let slot = match name.as_slice() {
+                MESSAGE => &mut framed,
+                WHOLE => &mut whole,
+                _ => continue,
+            };
+            slot.get_or_insert(2 * i + 1);
+        }
+    }
+    // Move the value out (its position was found above, so the take cannot miss).
+    let mut take = |i: usize| match fields.get_mut(i).map(std::mem::take) {
+        Some(Value::BulkString(b)) => b,
+        _ => Vec::new(),
+    };
+    match (framed, whole) {
+        (Some(m), _) => Body::Framed(take(m)),
+        (None, Some(e)) => Body::Whole(take(e)),
+        (None, None) => Body::Other(
+            fields
+                .chunks_exact(2)
+                .map(|pair| (value_bytes(&pair[0]), value_bytes(&pair[1])))
+                .collect(),
+        ),
+    }
+}
+
+/// A reply value as bytes (what an odd field of a foreign entry is kept as).
+fn value_bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b.clone(),
+        Value::Nil => Vec::new(),
+        other => value_string(other)
+            .map_or_else(|| format!("{other:?}").into_bytes(), String::into_bytes),
+    }
 }
 
 /// `XREADGROUP` reply: nil, or `[[stream, entries]]` (RESP2) / a map (RESP3).
@@ -1072,5 +1310,90 @@ impl crate::IdempotencyStore for RedisIdempotency {
                 )
                 .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Message;
+
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Ping {
+        n: u32,
+    }
+    impl Message for Ping {
+        const TYPE: &'static str = "ping";
+    }
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    #[test]
+    fn entry_round_trip_without_copying_the_payload() {
+        let mut env = Envelope::new(Ping { n: 7 }).with_header("k", "v");
+        env.failures.push(Failure {
+            attempt: 1,
+            at_ms: 2,
+            error: "x".into(),
+        });
+        let value = encode_entry(&env).unwrap();
+        let (header, payload) = entry_parts(&value).unwrap();
+        assert_eq!(&value[payload..], br#"{"n":7}"#);
+        assert_eq!(
+            value[..header.start - 1],
+            *header.len().to_string().as_bytes()
+        );
+        let back = Body::Framed(value).decode().unwrap();
+        assert_eq!(back.id, env.id);
+        assert_eq!(back.headers, env.headers);
+        assert_eq!(back.failures, env.failures);
+        assert_eq!(back.payload.decode::<Ping>().unwrap(), Ping { n: 7 });
+    }
+
+    #[test]
+    fn entries_are_sorted_by_form() {
+        let env = Envelope::new(Ping { n: 1 });
+        let current = encode_entry(&env).unwrap();
+        let whole = env.encode().unwrap();
+        let body = parse_body(vec![bulk(b"x"), bulk(b"y"), bulk(b"m"), bulk(&current)]);
+        assert!(matches!(&body, Body::Framed(v) if *v == current));
+        let body = parse_body(vec![bulk(b"e"), bulk(&whole)]);
+        assert_eq!(body.decode().unwrap().id, env.id);
+        let body = parse_body(vec![bulk(b"a"), bulk(b"1"), bulk(b"error"), bulk(b"old")]);
+        let Err((body, e)) = body.decode() else {
+            panic!("a foreign entry decoded")
+        };
+        assert!(e.to_string().contains("\"a\""), "{e}");
+        // Copied on without an earlier dead-lettering's reason.
+        assert_eq!(body.fields(), vec![(&b"a"[..], &b"1"[..])]);
+    }
+
+    #[test]
+    fn damaged_values_are_errors_that_keep_the_entry() {
+        for bad in [
+            &b""[..],
+            b":",
+            b"12",
+            b"x:{}",
+            b"5:{}",
+            b"99999999999999999999:{}",
+            b"2:{}",
+            b"-1:{}",
+        ] {
+            let Err((Body::Framed(kept), _)) = Body::Framed(bad.to_vec()).decode() else {
+                panic!("{bad:?} decoded")
+            };
+            assert_eq!(kept, bad);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = Body::Framed(bytes.clone()).decode();
+            let _ = Body::Whole(bytes).decode();
+        }
     }
 }

@@ -289,3 +289,317 @@ async fn redis_idempotency_is_shared_and_expires() {
     assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
     f.cleanup_now(&Topology::new(["x"])).await;
 }
+
+/// The stream, retry-set and dead-letter keys of the suite's queue.
+fn keys(f: &Redis) -> (String, String, String) {
+    let stream = format!("{}:{}", f.prefix, suite::qname(f));
+    (
+        stream.clone(),
+        format!("{stream}.wait"),
+        format!("{stream}.dead"),
+    )
+}
+
+/// An entry's fields by name, from `XRANGE key - +`.
+async fn entries_of(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Vec<HashMap<String, Vec<u8>>> {
+    let v: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(c)
+        .await
+        .unwrap();
+    v.into_iter()
+        .map(|(_, fields)| fields.into_iter().collect())
+        .collect()
+}
+
+/// A rolling upgrade: entries written by the previous wire form (one field `e` holding the
+/// whole JSON envelope, which is what `Envelope::encode` still produces) in the stream, the
+/// retry set and the dead-letter stream are consumed, retried with their history, promoted,
+/// dead-lettered, peeked and requeued by the current code, written with plain Redis commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_wire_form_is_consumed_retried_and_dead_lettered() {
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q);
+    let q = Queue::new(suite::Fixture::backend(&f).await, t.clone())
+        .await
+        .unwrap();
+    let qn = suite::qname(&f);
+    let (stream, wait, dead) = keys(&f);
+    let mut c = admin(&f.url).await;
+    let old = |n: u64, act: Act| Envelope::new(Task { n, act });
+    let conn = c.clone();
+    let xadd_old = move |key: String, env: Envelope| {
+        let mut c = conn.clone();
+        async move {
+            let _: String = redis::cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("e")
+                .arg(env.encode().unwrap())
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    };
+    // In the stream: one that succeeds, one that fails once, one that always fails.
+    xadd_old(stream.clone(), old(1, Act::Ok)).await;
+    xadd_old(stream.clone(), old(2, Act::FailTimes(1))).await;
+    xadd_old(stream.clone(), old(3, Act::FailTimes(100))).await;
+    // In the retry set, due now: a second attempt with the first one's failure.
+    let mut retried = old(4, Act::Ok);
+    retried.attempt = 2;
+    retried.failures.push(arq_queue::Failure {
+        attempt: 1,
+        at_ms: 1,
+        error: "first try".into(),
+    });
+    let _: u64 = redis::cmd("ZADD")
+        .arg(&wait)
+        .arg(0)
+        .arg(retried.encode().unwrap())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // In the dead-letter stream: one that ran out of attempts before the upgrade.
+    let mut was_dead = old(5, Act::Ok);
+    was_dead.attempt = 3;
+    was_dead.failures.push(arq_queue::Failure {
+        attempt: 3,
+        at_ms: 1,
+        error: "gave up".into(),
+    });
+    xadd_old(dead.clone(), was_dead.clone()).await;
+
+    let peeked = q.peek_dead(&qn, 10).await.unwrap();
+    assert_eq!(peeked.len(), 1);
+    assert_eq!(peeked[0].id, was_dead.id);
+    assert_eq!(peeked[0].last_error(), Some("gave up"));
+    assert_eq!(q.requeue_dead(&qn, 10).await.unwrap(), 1);
+
+    let rec = Arc::new(suite::Recorder::default());
+    let w = suite::spawn(
+        Worker::new(q.clone())
+            .handle(&qn, suite::handler(rec.clone()))
+            .unwrap(),
+    );
+    suite::wait_until("1, 2, 4 and 5 handled", Duration::from_secs(20), || {
+        rec.done_count() == 4
+    })
+    .await;
+    suite::wait_depth(&q, &qn, |s| {
+        s.dead == 1 && s.depth() == 0 && s.waiting_retry == 0
+    })
+    .await;
+    w.stop().await;
+    let mut done = rec.done.lock().unwrap().clone();
+    done.sort_unstable();
+    assert_eq!(done, vec![1, 2, 4, 5]);
+    let attempts = |n| -> Vec<u32> { rec.attempts_of(n).iter().map(|s| s.attempt).collect() };
+    assert_eq!(attempts(1), vec![1]);
+    assert_eq!(attempts(2), vec![1, 2]);
+    assert_eq!(attempts(3), vec![1, 2, 3]);
+    assert_eq!(attempts(4), vec![2]);
+    assert_eq!(attempts(5), vec![1], "requeued with a fresh attempt count");
+
+    // The one that always failed is dead-lettered with its whole history, now in the
+    // current form.
+    let gone = q.peek_dead(&qn, 10).await.unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].payload.decode::<Task>().unwrap().n, 3);
+    assert_eq!(
+        gone[0]
+            .failures
+            .iter()
+            .map(|x| x.attempt)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(gone[0].last_error(), Some("failing attempt 3"));
+    let raw = entries_of(&mut c, &dead).await;
+    assert_eq!(raw.len(), 1);
+    assert!(raw[0].contains_key("m") && !raw[0].contains_key("e"));
+    f.cleanup_now(&t).await;
+}
+
+/// The current wire form on Redis: one field `m` = `<n>:<header><payload>`, the header
+/// being the envelope without its payload; retries wait in the same form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_header_length_header_payload() {
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q.retry_delay(Duration::from_secs(600)));
+    let q = Queue::new(suite::Fixture::backend(&f).await, t.clone())
+        .await
+        .unwrap();
+    let (stream, wait, _) = keys(&f);
+    let id = suite::publish(
+        &q,
+        &format!("{}.x", f.unique),
+        Task {
+            n: 9,
+            act: Act::FailTimes(1),
+        },
+    )
+    .await;
+    let mut c = admin(&f.url).await;
+    let raw = entries_of(&mut c, &stream).await;
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].keys().collect::<Vec<_>>(), vec!["m"]);
+    let m = &raw[0]["m"];
+    let colon = m.iter().position(|&b| b == b':').unwrap();
+    let n: usize = std::str::from_utf8(&m[..colon]).unwrap().parse().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&m[colon + 1..colon + 1 + n]).unwrap();
+    assert_eq!(header["id"], id.to_string());
+    assert_eq!(header["type"], "task.run");
+    assert!(header.get("payload").is_none());
+    let payload: Task = serde_json::from_slice(&m[colon + 1 + n..]).unwrap();
+    assert_eq!(
+        payload,
+        Task {
+            n: 9,
+            act: Act::FailTimes(1)
+        }
+    );
+
+    // The failed attempt waits in the retry set in the same form.
+    let rec = Arc::new(suite::Recorder::default());
+    let w = suite::spawn(
+        Worker::new(q.clone())
+            .handle(&suite::qname(&f), suite::handler(rec.clone()))
+            .unwrap(),
+    );
+    suite::wait_depth(&q, &suite::qname(&f), |s| {
+        s.waiting_retry == 1 && s.depth() == 0
+    })
+    .await;
+    w.stop().await;
+    let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+        .arg(&wait)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let m = &members[0];
+    let colon = m.iter().position(|&b| b == b':').unwrap();
+    let n: usize = std::str::from_utf8(&m[..colon]).unwrap().parse().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&m[colon + 1..colon + 1 + n]).unwrap();
+    assert_eq!(header["attempt"], 2);
+    assert_eq!(header["failures"][0]["error"], "failing attempt 1");
+    f.cleanup_now(&t).await;
+}
+
+/// Entries no handler can run (a damaged current-form value, a whole envelope that is not
+/// JSON, foreign fields, a header without its length) are dead-lettered with the fields they
+/// had and an `error` field saying why; a payload that is not JSON fails the typed decode and
+/// is dead-lettered as a permanent failure. Nothing panics, and the good message behind them
+/// is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_are_dead_lettered_with_the_reason() {
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q);
+    let q = Queue::new(suite::Fixture::backend(&f).await, t.clone())
+        .await
+        .unwrap();
+    let qn = suite::qname(&f);
+    let (stream, _, dead) = keys(&f);
+    let mut c = admin(&f.url).await;
+    let header = format!(
+        r#"{{"id":"{}","type":"task.run","attempt":1,"created_at_ms":1}}"#,
+        MessageId::generate()
+    );
+    let bad: Vec<Vec<(&str, Vec<u8>)>> = vec![
+        vec![("m", b"garbage".to_vec())],
+        vec![("m", b"99999:{}".to_vec())],
+        vec![(
+            "m",
+            format!("{}:{{not json}}", "{not json}".len()).into_bytes(),
+        )],
+        vec![("e", b"{\"not\":\"an envelope\"}".to_vec())],
+        vec![("foo", b"bar".to_vec()), ("baz", b"qux".to_vec())],
+    ];
+    for fields in &bad {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(v);
+        }
+        let _: String = cmd.query_async(&mut c).await.unwrap();
+    }
+    // A good header with a payload that is not JSON: a handler-level failure.
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("m")
+        .arg(format!("{}:{header}not json", header.len()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    suite::publish(&q, &format!("{}.x", f.unique), Task { n: 7, act: Act::Ok }).await;
+
+    let rec = Arc::new(suite::Recorder::default());
+    let w = suite::spawn(
+        Worker::new(q.clone())
+            .handle(&qn, suite::handler(rec.clone()))
+            .unwrap(),
+    );
+    suite::wait_until("the good one", Duration::from_secs(10), || {
+        rec.done_count() == 1
+    })
+    .await;
+    suite::wait_depth(&q, &qn, |s| s.dead == 6 && s.depth() == 0).await;
+    w.stop().await;
+    assert_eq!(rec.done.lock().unwrap().clone(), vec![7]);
+
+    let raw = entries_of(&mut c, &dead).await;
+    assert_eq!(raw.len(), 6);
+    for (fields, entry) in bad.iter().zip(&raw) {
+        for (k, v) in fields {
+            assert_eq!(&entry[*k], v, "{k} kept as it was");
+        }
+        let error = String::from_utf8(entry["error"].clone()).unwrap();
+        assert!(error.contains("not an arq"), "{error}");
+    }
+    // The undecodable payload went through the handler path: a regular dead letter with the
+    // failure recorded, no `error` field.
+    let last = &raw[5];
+    assert!(!last.contains_key("error"));
+    let m = String::from_utf8(last["m"].clone()).unwrap();
+    assert!(
+        m.ends_with("not json") && m.contains("does not decode"),
+        "{m}"
+    );
+    // Peeking names the entry it cannot show.
+    let e = q.peek_dead(&qn, 10).await.unwrap_err().to_string();
+    assert!(e.contains("dead-letter entry"), "{e}");
+    // Requeueing puts them back as they were (without the error), and they end up dead
+    // again, not handled and not lost.
+    assert_eq!(q.requeue_dead(&qn, 10).await.unwrap(), 6);
+    let rec = Arc::new(suite::Recorder::default());
+    let w = suite::spawn(
+        Worker::new(q.clone())
+            .handle(&qn, suite::handler(rec.clone()))
+            .unwrap(),
+    );
+    suite::wait_depth(&q, &qn, |s| s.dead == 6 && s.depth() == 0).await;
+    w.stop().await;
+    assert_eq!(rec.done_count(), 0);
+    let again = entries_of(&mut c, &dead).await;
+    for (fields, entry) in bad.iter().zip(&again) {
+        let names: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+        let mut have: Vec<&str> = entry
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "error")
+            .collect();
+        have.sort_unstable();
+        let mut want = names.clone();
+        want.sort_unstable();
+        assert_eq!(have, want);
+    }
+    f.cleanup_now(&t).await;
+}
