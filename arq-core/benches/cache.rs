@@ -245,6 +245,32 @@ fn benches(c: &mut Criterion) {
             })
         });
     });
+    // Not arq's L1: what the same key costs in moka's synchronous cache, and in quick_cache (a
+    // cache without moka's TinyLFU read recording), to show where the floor of a moka L1 lies.
+    let moka_sync: moka::sync::Cache<CacheKey, Arc<User>, foldhash::fast::RandomState> =
+        moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .build_with_hasher(foldhash::fast::RandomState::default());
+    moka_sync.insert(key.clone(), Arc::new(user()));
+    g.bench_function("moka_sync_foldhash_get_baseline", |b| {
+        b.iter(|| black_box(moka_sync.get(black_box(&key))));
+    });
+    let quick: quick_cache::sync::Cache<
+        CacheKey,
+        Arc<User>,
+        quick_cache::UnitWeighter,
+        foldhash::fast::RandomState,
+    > = quick_cache::sync::Cache::with(
+        10_000,
+        10_000,
+        quick_cache::UnitWeighter,
+        foldhash::fast::RandomState::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    );
+    quick.insert(key.clone(), Arc::new(user()));
+    g.bench_function("quick_cache_foldhash_get_baseline", |b| {
+        b.iter(|| black_box(quick.get(black_box(&key))));
+    });
     g.finish();
 
     // --- L2 hit (L1 evicted each time) vs one raw GET, on a private redis-server.
