@@ -45,7 +45,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, Script, Value};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
 use crate::envelope::{Envelope, Failure, Payload};
@@ -450,8 +450,9 @@ impl Backend for RedisBackend {
             Duration::from_secs(10),
         );
         reader.get().await?;
-        let prefetch = usize::from(queue.prefetch);
-        let (tx, rx) = mpsc::channel(prefetch);
+        let prefetch = usize::from(queue.prefetch).max(1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let credits = Arc::new(Semaphore::new(prefetch));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let keys = Arc::new(Keys {
             stream: self.inner.stream(&queue.name),
@@ -465,6 +466,7 @@ impl Backend for RedisBackend {
             consumer: consumer_name,
             reader,
             prefetch,
+            credits: credits.clone(),
             visibility_ms: u64::try_from(queue.visibility_timeout.as_millis()).unwrap_or(u64::MAX),
         };
         let reader = tokio::spawn(read_loop(ctx, tx));
@@ -480,6 +482,10 @@ impl Backend for RedisBackend {
             backend: self.clone(),
             keys,
             rx,
+            buffered: Vec::new().into_iter(),
+            credits,
+            handed: 0,
+            credit_chunk: (prefetch / 8).max(1),
             ack_tx,
             reader: Some(reader),
         })
@@ -648,6 +654,9 @@ struct ReaderCtx {
     consumer: String,
     reader: Conn,
     prefetch: usize,
+    /// One per entry read and not yet handed out: the reader takes them before reading, the
+    /// consumer gives them back as it hands entries out (so at most `prefetch` are buffered).
+    credits: Arc<Semaphore>,
     visibility_ms: u64,
 }
 
@@ -718,9 +727,13 @@ impl Body {
     }
 }
 
+/// What the reader hands the consumer: one read's entries at once (a channel operation per
+/// read rather than per entry), or a read's error.
+type Batch = Result<Vec<Entry>, QueueError>;
+
 /// Reads new entries (blocking on its own connection, so publishes and acks on the shared
 /// connection never wait behind it), promotes due retries, and reaps stuck entries.
-async fn read_loop(ctx: ReaderCtx, tx: mpsc::Sender<Result<Entry, QueueError>>) {
+async fn read_loop(ctx: ReaderCtx, tx: mpsc::UnboundedSender<Batch>) {
     let inner = &ctx.backend.inner;
     let reap_every = Duration::from_millis((ctx.visibility_ms / 2).clamp(100, 30_000));
     let mut last_reap = tokio::time::Instant::now();
@@ -749,7 +762,22 @@ async fn read_loop(ctx: ReaderCtx, tx: mpsc::Sender<Result<Entry, QueueError>>) 
                 Err(e) => tracing::debug!(error = %e, "promoting due retries failed"),
             }
         }
-        let room = tx.capacity().max(1).min(ctx.prefetch);
+        // Room for at least one entry (waiting for the consumer to hand some out), and for as
+        // many more as are free. The semaphore is closed when the consumer goes away.
+        let Ok(first) = ctx.credits.acquire().await else {
+            break;
+        };
+        first.forget();
+        let mut room = 1;
+        let more = ctx.credits.available_permits().min(ctx.prefetch - 1);
+        if more > 0
+            && let Ok(p) = ctx
+                .credits
+                .try_acquire_many(u32::try_from(more).unwrap_or(u32::MAX))
+        {
+            room += p.num_permits();
+            p.forget();
+        }
         let mut entries: Vec<Entry> = Vec::new();
         if last_reap.elapsed() >= reap_every {
             last_reap = tokio::time::Instant::now();
@@ -806,7 +834,8 @@ async fn read_loop(ctx: ReaderCtx, tx: mpsc::Sender<Result<Entry, QueueError>>) 
                     entries = parse_read_reply(v);
                 }
                 Err(e) => {
-                    if tx.send(Err(e)).await.is_err() {
+                    ctx.credits.add_permits(room);
+                    if tx.send(Err(e)).is_err() {
                         break;
                     }
                     tokio::time::sleep(backoff).await;
@@ -815,19 +844,15 @@ async fn read_loop(ctx: ReaderCtx, tx: mpsc::Sender<Result<Entry, QueueError>>) 
                 }
             }
         }
-        let mut entries = entries.into_iter();
-        while let Some(entry) = entries.next() {
-            if let Err(mpsc::error::SendError(Ok(entry))) = tx.send(Ok(entry)).await {
-                // The consumer went away while we were reading: put back what it will never
-                // see, so it does not wait for the visibility timeout.
-                release(
-                    &ctx.backend,
-                    &ctx.keys,
-                    std::iter::once(entry).chain(entries),
-                )
-                .await;
-                return;
-            }
+        ctx.credits.add_permits(room.saturating_sub(entries.len()));
+        if entries.is_empty() {
+            continue;
+        }
+        if let Err(mpsc::error::SendError(Ok(entries))) = tx.send(Ok(entries)) {
+            // The consumer went away while we were reading: put back what it will never see,
+            // so it does not wait for the visibility timeout.
+            release(&ctx.backend, &ctx.keys, entries).await;
+            return;
         }
     }
 }
@@ -905,21 +930,55 @@ async fn ack_loop(conn: Conn, keys: Arc<Keys>, mut rx: mpsc::UnboundedReceiver<A
 pub struct RedisConsumer {
     backend: RedisBackend,
     keys: Arc<Keys>,
-    rx: mpsc::Receiver<Result<Entry, QueueError>>,
+    rx: mpsc::UnboundedReceiver<Batch>,
+    /// The rest of the batch being handed out.
+    buffered: std::vec::IntoIter<Entry>,
+    credits: Arc<Semaphore>,
+    /// Entries handed out whose credit has not been given back yet: given back in chunks
+    /// (each is a lock on the semaphore), and whenever the consumer is about to wait.
+    handed: usize,
+    credit_chunk: usize,
     ack_tx: mpsc::UnboundedSender<AckRequest>,
     reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RedisConsumer {
+    /// Stops the reader and takes every entry it read that was not handed out.
     fn take_buffered(&mut self) -> Vec<Entry> {
         self.rx.close();
-        let mut left = Vec::new();
+        self.credits.close();
+        let mut left: Vec<Entry> = self.buffered.by_ref().collect();
         while let Ok(item) = self.rx.try_recv() {
-            if let Ok(entry) = item {
-                left.push(entry);
+            if let Ok(batch) = item {
+                left.extend(batch);
             }
         }
         left
+    }
+
+    fn give_back_credits(&mut self) {
+        if self.handed > 0 {
+            self.credits.add_permits(self.handed);
+            self.handed = 0;
+        }
+    }
+
+    /// The next entry read, waiting for the reader if none is buffered.
+    async fn next_entry(&mut self) -> Option<Result<Entry, QueueError>> {
+        loop {
+            if let Some(entry) = self.buffered.next() {
+                self.handed += 1;
+                if self.handed >= self.credit_chunk {
+                    self.give_back_credits();
+                }
+                return Some(Ok(entry));
+            }
+            self.give_back_credits();
+            match self.rx.recv().await? {
+                Ok(batch) => self.buffered = batch.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 
@@ -944,6 +1003,7 @@ impl Consumer for RedisConsumer {
         // The reader finishes its current (short, 100 ms) blocking read and puts back what it
         // read after the channel closed; then we put back what was buffered.
         self.rx.close();
+        self.credits.close();
         if let Some(reader) = self.reader.take() {
             let _ = reader.await;
         }
@@ -962,7 +1022,7 @@ impl Consumer for RedisConsumer {
 
     async fn next(&mut self) -> Option<Result<RedisDelivery, QueueError>> {
         loop {
-            let Entry { id, body } = match self.rx.recv().await? {
+            let Entry { id, body } = match self.next_entry().await? {
                 Ok(e) => e,
                 Err(e) => return Some(Err(e)),
             };

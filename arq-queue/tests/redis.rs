@@ -300,12 +300,15 @@ fn keys(f: &Redis) -> (String, String, String) {
     )
 }
 
+/// `XRANGE`'s reply: entries as (id, [(field, value)]).
+type Range = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
 /// An entry's fields by name, from `XRANGE key - +`.
 async fn entries_of(
     c: &mut redis::aio::MultiplexedConnection,
     key: &str,
 ) -> Vec<HashMap<String, Vec<u8>>> {
-    let v: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let v: Range = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
         .arg("+")
