@@ -228,6 +228,10 @@ impl Server {
             builder = builder.http1_only();
         }
         let graceful = GracefulShutdown::new();
+        // Cleartext HTTP/1.1 connections are served by hyper's HTTP/1.1 connection directly
+        // (see `serve_plain`), which `GracefulShutdown` cannot watch: they stop on this signal.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let http1 = hyper::server::conn::http1::Builder::new();
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut delay: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -255,38 +259,30 @@ impl Server {
                     let svc = service.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
-                    let tls = self.tls.clone();
+                    let Some(acceptor) = self.tls.clone() else {
+                        tasks.spawn(serve_plain(stream, peer, svc, builder, watcher, http1.clone(), self.http2, stopping.clone()));
+                        continue;
+                    };
                     tasks.spawn(async move {
-                        match tls {
-                            None => {
-                                let hyper_svc = hyper_service(svc, peer, None);
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
-                                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                                }
+                        let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                        let tls_stream = match handshake {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
                             }
-                            Some(acceptor) => {
-                                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-                                let tls_stream = match handshake {
-                                    Ok(Ok(s)) => s,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!(%peer, "TLS handshake timed out");
-                                        return;
-                                    }
-                                };
-                                let certs = tls_stream.get_ref().1.peer_certificates().map(|c| {
-                                    PeerCertificates(Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()))
-                                });
-                                let hyper_svc = hyper_service(svc, peer, certs);
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), hyper_svc);
-                                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                                }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
                             }
+                        };
+                        let certs = tls_stream.get_ref().1.peer_certificates().map(|c| {
+                            PeerCertificates(Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()))
+                        });
+                        let hyper_svc = hyper_service(svc, peer, certs);
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), hyper_svc);
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
                         }
                     });
                 }
@@ -298,6 +294,7 @@ impl Server {
             connections = tasks.len(),
             "listener closed; draining in-flight requests"
         );
+        let _ = stop.send(true);
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
             graceful.shutdown().await;
             while tasks.join_next().await.is_some() {}
@@ -319,6 +316,97 @@ impl Server {
                 ShutdownOutcome::DeadlineExpired { aborted }
             }
         }
+    }
+}
+
+/// Completes once `serve` starts draining (at once when it already has).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a cleartext connection opens with the HTTP/2 preface, decided on peeked bytes (the
+/// connection still reads them). A partial preface is peeked again for up to 10 s (h2c clients
+/// send it in one write, so that wait is rare); then it counts as HTTP/1.1, whose parser
+/// rejects it.
+async fn opens_with_h2_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    for _ in 0..1000 {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(false)
+}
+
+/// Serves one cleartext connection. HTTP/1.1, the common case, runs on hyper's HTTP/1.1
+/// connection itself rather than hyper-util's `auto` one, which sniffs the version on its own:
+/// an idle keep-alive connection then holds about 6 KiB less (the gateway bench's idle
+/// connections: 20.8 → 14.8 KiB each; a minimal hyper proxy served through `auto` holds
+/// 7.9 KiB more than through hyper's HTTP/1.1 connection). h2c (prior knowledge) still goes
+/// through `auto`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one connection's share of `serve`'s state"
+)]
+async fn serve_plain<S>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    svc: S,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    http1: hyper::server::conn::http1::Builder,
+    http2: bool,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) where
+    S: Service<http::Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let h2 = if http2 {
+        tokio::select! {
+            h2 = opens_with_h2_preface(&stream) => match h2 {
+                Ok(h2) => h2,
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    return;
+                }
+            },
+            () = stopped(&mut stopping) => return,
+        }
+    } else {
+        false
+    };
+    let hyper_svc = hyper_service(svc, peer, None);
+    let result = if h2 {
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+        watcher.watch(conn.into_owned()).await
+    } else {
+        drop(watcher);
+        let conn = http1
+            .serve_connection(TokioIo::new(stream), hyper_svc)
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = stopped(&mut stopping) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+        .map_err(Into::into)
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 
