@@ -130,19 +130,27 @@ impl TraceParent {
     /// The header value, always written as version `00`.
     pub fn to_header_value(&self) -> HeaderValue {
         // Lowercase hex and dashes are always a valid header value.
-        HeaderValue::from_str(&self.to_string()).unwrap_or(HeaderValue::from_static(""))
+        HeaderValue::from_bytes(&self.encode()).unwrap_or(HeaderValue::from_static(""))
+    }
+
+    /// The 55 bytes of the version-00 header, written without the formatting machinery: this
+    /// runs for every request a service or the gateway forwards.
+    fn encode(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[0] = b'0';
+        out[1] = b'0';
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.parent_id);
+        write_hex(&mut out[53..55], &[self.flags]);
+        out
     }
 }
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.parent_id),
-            self.flags
-        )
+        let bytes = self.encode();
+        // `encode` writes only ASCII hex digits and dashes.
+        f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -428,13 +436,18 @@ impl ParseTraceContextError {
 }
 
 fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(&mut out, bytes);
+    out.into_iter().map(char::from).collect()
+}
+
+/// Lowercase hex of `bytes` into `out`, which holds exactly two bytes per input byte.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 0xf) as usize];
     }
-    s
 }
 
 fn hex_digit(c: u8) -> Option<u8> {
@@ -466,8 +479,10 @@ mod tests {
     fn parses_and_round_trips() {
         let tp: TraceParent = VALID.parse().unwrap();
         assert_eq!(tp.to_string(), VALID);
+        assert_eq!(tp.to_header_value(), VALID);
         assert!(tp.sampled());
         assert_eq!(tp.parent_id_hex(), "00f067aa0ba902b7");
+        assert_eq!(tp.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let unsampled: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
             .parse()
             .unwrap();
