@@ -257,6 +257,20 @@ async fn bench_memory(rows: &mut Vec<String>, scale: f64) {
             .concurrency(1024)
             .consumers(2)
     };
+    // `ARQ_BENCH_MEMORY_CASE=raw` or `arq` runs only that side's saturation case (for callgrind).
+    match std::env::var("ARQ_BENCH_MEMORY_CASE").as_deref() {
+        Ok("raw") => {
+            let raw = raw_memory(n, None).await;
+            line(rows, "in-memory", "raw tokio mpsc", "saturation", raw, None);
+            return;
+        }
+        Ok("arq") => {
+            let arq = arq_case(MemoryBackend::new(), cfg(), n, 1000, 1, None).await;
+            line(rows, "in-memory", "arq worker", "saturation", arq, None);
+            return;
+        }
+        _ => {}
+    }
     let raw = raw_memory(n, None).await;
     line(
         rows,

@@ -125,8 +125,10 @@ pub trait Delivery: Send + 'static {
     /// Acknowledges: the message is done.
     fn ack(self) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Acknowledges at once if the backend can do so without waiting (the in-memory backend),
-    /// returning the outcome; the delivery is then settled and dropping it does nothing more.
+    /// Acknowledges at once if the backend can do so without waiting, returning the outcome; the
+    /// delivery is then settled and dropping it does nothing more. The in-memory backend settles
+    /// it on the spot; Redis Streams queues the id for its next batched `XACK`+`XDEL` (a failed
+    /// batch is logged and its entries are redelivered by the reaper).
     /// `None` (the default) means "call [`Delivery::ack`]". The worker tries this first so a
     /// handler that finishes on its first poll costs no future at all.
     fn ack_now(&mut self) -> Option<Result<(), QueueError>> {

@@ -261,6 +261,32 @@ pub struct Envelope {
     pub payload: Payload,
 }
 
+/// `name` as a shared `Arc<str>`, made once per thread and type instead of once per message:
+/// the allocation and its free on the consumer's thread were a measurable share of an in-memory
+/// message's cost (docs/bench-queue.md). Keyed by the string's address, so the scan is a few
+/// pointer compares; a program has a handful of message types.
+fn static_type_name(name: &'static str) -> Arc<str> {
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<(&'static str, Arc<str>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some((_, arc)) = names
+            .iter()
+            .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
+        {
+            return arc.clone();
+        }
+        let arc: Arc<str> = Arc::from(name);
+        // Bounded: a program with unusually many types still allocates per message beyond this.
+        if names.len() < 64 {
+            names.push((name, arc.clone()));
+        }
+        arc
+    })
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -274,7 +300,7 @@ impl Envelope {
     /// A new envelope around a typed message, not serialized. If the current task is running a
     /// queue handler, the tenant and a child of its trace are inherited.
     pub fn new<T: Message>(message: T) -> Self {
-        Self::with_payload(T::TYPE, Payload::native(message))
+        Self::with_payload(static_type_name(T::TYPE), Payload::native(message))
     }
 
     /// A new envelope around an already-built payload.
