@@ -180,14 +180,16 @@ return 1
 
 /// KEYS: stream, dead stream. ARGV: group, entry id, ttl ms, then the dead entry's fields and
 /// values.
+/// The dead letter is written first: Redis does not undo a script that fails part way, so an
+/// `XADD` that fails must leave the entry pending (for the reaper), never acknowledged and gone.
 const DEAD: &str = r"
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local min = now - tonumber(ARGV[3])
 if min < 0 then min = 0 end
 redis.call('XADD', KEYS[2], 'MINID', '~', tostring(min), '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 ";
 
@@ -210,12 +212,15 @@ return #due
 ";
 
 /// KEYS: stream. ARGV: group, entry id, then the entry's fields and values. Puts a pending
-/// entry back as new.
+/// entry back as new. The copy is added first (a failed `XADD` leaves the entry pending for the
+/// reaper, as in [`DEAD`]) and removed again when the entry was no longer ours to release.
 const RELEASE: &str = r"
+local copy = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if n == 1 then
   redis.call('XDEL', KEYS[1], ARGV[2])
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+else
+  redis.call('XDEL', KEYS[1], copy)
 end
 return n
 ";
@@ -227,6 +232,9 @@ const MESSAGE: &[u8] = b"m";
 const WHOLE: &[u8] = b"e";
 /// Dead-letter entry field: why an entry that could not be decoded was dead-lettered.
 const ERROR: &[u8] = b"error";
+/// The most fields of a foreign entry copied when it is put back or dead-lettered (Lua's
+/// `unpack` fails somewhere under 8 000 values; arq's own entries have one field).
+const MAX_COPIED_FIELDS: usize = 1_000;
 
 /// An envelope in the current wire form: `<n>:<header><payload>`, where the header is the
 /// envelope's JSON without the payload and `n` its length in bytes. One string, so it is the
@@ -572,7 +580,7 @@ impl Backend for RedisBackend {
                 // Keep what we cannot parse as it is (without the error the dead-lettering
                 // added); the worker will dead-letter it again.
                 Err((body, _)) => {
-                    for (k, v) in body.fields() {
+                    for (k, v) in body.fields().0 {
                         xadd.arg(k).arg(v);
                     }
                 }
@@ -696,6 +704,17 @@ impl Body {
                     Err(e) => Err((Self::Framed(value), e)),
                 }
             }
+            // A consumer of the previous version promotes every due retry as `e`, including
+            // members a current consumer wrote in the current form (they start with the header
+            // length's digits, a whole envelope with `{`): read those as the current form, so a
+            // rolling upgrade does not dead-letter retries.
+            Self::Whole(body) if body.first().is_some_and(u8::is_ascii_digit) => {
+                match Self::Framed(body).decode() {
+                    Ok(env) => Ok(env),
+                    Err((Self::Framed(body), e)) => Err((Self::Whole(body), e)),
+                    Err(other) => Err(other),
+                }
+            }
             Self::Whole(body) => Envelope::decode(&body).map_err(|e| (Self::Whole(body), e)),
             Self::Other(fields) => {
                 let names: Vec<_> = fields
@@ -713,16 +732,30 @@ impl Body {
     }
 
     /// The fields to write when the entry is copied as it is (put back, dead-lettered,
-    /// requeued); an `error` a previous dead-lettering added is left out.
-    fn fields(&self) -> Vec<(&[u8], &[u8])> {
+    /// requeued); an `error` a previous dead-lettering added is left out, unless it is all the
+    /// entry has (`XADD` needs one field). At most [`MAX_COPIED_FIELDS`] are copied: Lua's
+    /// `unpack` in the scripts has a limit, and an `XADD` that fails would leave the entry
+    /// pending forever. The second value says how many were dropped.
+    fn fields(&self) -> (Vec<(&[u8], &[u8])>, usize) {
         match self {
-            Self::Framed(value) => vec![(MESSAGE, value)],
-            Self::Whole(body) => vec![(WHOLE, body)],
-            Self::Other(fields) => fields
-                .iter()
-                .filter(|(k, _)| k.as_slice() != ERROR)
-                .map(|(k, v)| (k.as_slice(), v.as_slice()))
-                .collect(),
+            Self::Framed(value) => (vec![(MESSAGE, value)], 0),
+            Self::Whole(body) => (vec![(WHOLE, body)], 0),
+            Self::Other(fields) => {
+                let mut kept: Vec<(&[u8], &[u8])> = fields
+                    .iter()
+                    .filter(|(k, _)| k.as_slice() != ERROR)
+                    .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                    .collect();
+                if kept.is_empty() {
+                    kept = fields
+                        .iter()
+                        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                        .collect();
+                }
+                let dropped = kept.len().saturating_sub(MAX_COPIED_FIELDS);
+                kept.truncate(MAX_COPIED_FIELDS);
+                (kept, dropped)
+            }
         }
     }
 }
@@ -860,7 +893,11 @@ async fn read_loop(ctx: ReaderCtx, tx: mpsc::UnboundedSender<Batch>) {
 async fn release(backend: &RedisBackend, keys: &Keys, entries: impl IntoIterator<Item = Entry>) {
     for entry in entries {
         let mut args: Vec<&[u8]> = vec![GROUP.as_bytes(), entry.id.as_bytes()];
-        for (k, v) in entry.body.fields() {
+        let (fields, dropped) = entry.body.fields();
+        if dropped > 0 {
+            tracing::warn!(entry = %entry.id, dropped, "putting back a foreign stream entry without its last {dropped} fields");
+        }
+        for (k, v) in fields {
             args.extend([k, v]);
         }
         let r = backend
@@ -1042,10 +1079,15 @@ impl Consumer for RedisConsumer {
                     // stream is not blocked.
                     tracing::warn!(error = %e, entry = %id, "undecodable stream entry; dead-lettering it");
                     let ttl = self.keys.dead_ttl_ms.to_string();
-                    let reason = e.to_string();
+                    let (fields, dropped) = body.fields();
+                    let reason = if dropped > 0 {
+                        format!("{e} (its last {dropped} fields were not kept)")
+                    } else {
+                        e.to_string()
+                    };
                     let mut args: Vec<&[u8]> =
                         vec![GROUP.as_bytes(), id.as_bytes(), ttl.as_bytes()];
-                    for (k, v) in body.fields() {
+                    for (k, v) in fields {
                         args.extend([k, v]);
                     }
                     args.extend([ERROR, reason.as_bytes()]);
@@ -1427,7 +1469,16 @@ mod tests {
         };
         assert!(e.to_string().contains("\"a\""), "{e}");
         // Copied on without an earlier dead-lettering's reason.
-        assert_eq!(body.fields(), vec![(&b"a"[..], &b"1"[..])]);
+        assert_eq!(body.fields(), (vec![(&b"a"[..], &b"1"[..])], 0));
+        // An entry with nothing but an error keeps it (XADD needs a field).
+        let only_error = parse_body(vec![bulk(b"error"), bulk(b"why")]);
+        let Err((only_error, _)) = only_error.decode() else {
+            panic!("a foreign entry decoded")
+        };
+        assert_eq!(only_error.fields(), (vec![(&b"error"[..], &b"why"[..])], 0));
+        // A current-form value under the previous field (a previous version's promotion).
+        let body = parse_body(vec![bulk(b"e"), bulk(&current)]);
+        assert_eq!(body.decode().unwrap().id, env.id);
     }
 
     #[test]

@@ -606,3 +606,93 @@ async fn malformed_entries_are_dead_lettered_with_the_reason() {
     }
     f.cleanup_now(&t).await;
 }
+
+/// Mixed versions during a rolling upgrade, and foreign entries too big or too bare to copy as
+/// they are: nothing is lost. A previous version's promotion re-adds a current-form retry
+/// member under the previous field `e` (it does not look at the form): it is handled. A foreign
+/// entry with thousands of fields (more than Lua's `unpack` takes) is dead-lettered with its
+/// first fields and a reason naming what was not kept, instead of vanishing in a script that
+/// failed after acknowledging it. An entry with nothing but an `error` field keeps it through
+/// dead-lettering and requeueing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_versions_and_oversized_foreign_entries_lose_nothing() {
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q);
+    let q = Queue::new(suite::Fixture::backend(&f).await, t.clone())
+        .await
+        .unwrap();
+    let qn = suite::qname(&f);
+    let (stream, _, dead) = keys(&f);
+    let mut c = admin(&f.url).await;
+    // The current form, written under `e` as a previous version's promotion would.
+    let header = format!(
+        r#"{{"id":"{}","type":"task.run","attempt":2,"created_at_ms":1}}"#,
+        MessageId::generate()
+    );
+    let payload = serde_json::to_string(&Task {
+        n: 11,
+        act: Act::Ok,
+    })
+    .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("e")
+        .arg(format!("{}:{header}{payload}", header.len()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // 4 500 foreign fields.
+    let mut huge = redis::cmd("XADD");
+    huge.arg(&stream).arg("*");
+    for i in 0..4_500 {
+        huge.arg(format!("f{i}")).arg(i);
+    }
+    let _: String = huge.query_async(&mut c).await.unwrap();
+    // Nothing but an error.
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("error")
+        .arg("why")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    let rec = Arc::new(suite::Recorder::default());
+    let w = suite::spawn(
+        Worker::new(q.clone())
+            .handle(&qn, suite::handler(rec.clone()))
+            .unwrap(),
+    );
+    suite::wait_until(
+        "the current-form entry under e",
+        Duration::from_secs(10),
+        || rec.done_count() == 1,
+    )
+    .await;
+    suite::wait_depth(&q, &qn, |s| s.dead == 2 && s.depth() == 0).await;
+    w.stop().await;
+    assert_eq!(rec.done.lock().unwrap().clone(), vec![11]);
+
+    let raw = entries_of(&mut c, &dead).await;
+    assert_eq!(raw.len(), 2);
+    let big = &raw[0];
+    assert_eq!(big["f0"], b"0");
+    assert_eq!(big["f999"], b"999");
+    assert!(!big.contains_key("f1000"));
+    let error = String::from_utf8(big["error"].clone()).unwrap();
+    assert!(error.contains("last 3500 fields were not kept"), "{error}");
+    assert!(raw[1].contains_key("error"));
+    // Requeueing both does not fail on the field-less copy, and both come back dead.
+    assert_eq!(q.requeue_dead(&qn, 10).await.unwrap(), 2);
+    let w = suite::spawn(
+        Worker::new(q.clone())
+            .handle(&qn, suite::handler(rec.clone()))
+            .unwrap(),
+    );
+    suite::wait_depth(&q, &qn, |s| s.dead == 2 && s.depth() == 0).await;
+    w.stop().await;
+    assert_eq!(rec.done_count(), 1);
+    f.cleanup_now(&t).await;
+}
