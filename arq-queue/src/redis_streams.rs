@@ -232,6 +232,9 @@ const MESSAGE: &[u8] = b"m";
 const WHOLE: &[u8] = b"e";
 /// Dead-letter entry field: why an entry that could not be decoded was dead-lettered.
 const ERROR: &[u8] = b"error";
+/// A stream entry's field name and value, borrowed.
+type Field<'a> = (&'a [u8], &'a [u8]);
+
 /// The most fields of a foreign entry copied when it is put back or dead-lettered (Lua's
 /// `unpack` fails somewhere under 8 000 values; arq's own entries have one field).
 const MAX_COPIED_FIELDS: usize = 1_000;
@@ -736,12 +739,12 @@ impl Body {
     /// entry has (`XADD` needs one field). At most [`MAX_COPIED_FIELDS`] are copied: Lua's
     /// `unpack` in the scripts has a limit, and an `XADD` that fails would leave the entry
     /// pending forever. The second value says how many were dropped.
-    fn fields(&self) -> (Vec<(&[u8], &[u8])>, usize) {
+    fn fields(&self) -> (Vec<Field<'_>>, usize) {
         match self {
             Self::Framed(value) => (vec![(MESSAGE, value)], 0),
             Self::Whole(body) => (vec![(WHOLE, body)], 0),
             Self::Other(fields) => {
-                let mut kept: Vec<(&[u8], &[u8])> = fields
+                let mut kept: Vec<Field<'_>> = fields
                     .iter()
                     .filter(|(k, _)| k.as_slice() != ERROR)
                     .map(|(k, v)| (k.as_slice(), v.as_slice()))
