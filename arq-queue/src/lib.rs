@@ -85,6 +85,7 @@ pub mod rabbitmq;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis_streams;
+pub mod testing;
 
 pub use arq_core::{TenantId, TraceContext};
 pub use backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
-use arq_queue::{Backend, Consumer, Delivery, RabbitBackend};
+use arq_queue::testing::receive;
+use arq_queue::{Backend, Consumer, RabbitBackend};
 use axum::http::StatusCode;
 use common::{Api, Role, project, tenant};
 use serde_json::{Value, json};
@@ -44,18 +45,6 @@ fn spawn_relay(
         },
     ));
     (stop, relay)
-}
-
-/// Receives the next message of `queue`, failing after 20 s.
-async fn next(consumer: &mut impl Consumer) -> arq_queue::Envelope {
-    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-        .await
-        .expect("no message arrived within 20 s")
-        .expect("the consumer closed")
-        .expect("consuming failed");
-    let envelope = delivery.envelope().clone();
-    delivery.ack().await.unwrap();
-    envelope
 }
 
 #[tokio::test]
@@ -111,7 +100,9 @@ async fn project_events_reach_rabbitmq_in_order_with_their_tenant() {
     let mut consumer = consumer.expect("the relay never declared the events queue");
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let envelope = next(&mut consumer).await;
+        let envelope = receive(&mut consumer, Duration::from_secs(20))
+            .await
+            .unwrap();
         assert_eq!(envelope.tenant, Some(t));
         let payload: Value = envelope.payload.decode().unwrap();
         seen.push((envelope.message_type.to_string(), payload));

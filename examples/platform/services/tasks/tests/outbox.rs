@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
-use arq_queue::{Backend, Consumer, Delivery, Queue, QueueConfig, RabbitBackend, Topology};
+use arq_queue::testing::receive;
+use arq_queue::{Backend, Consumer, Queue, QueueConfig, RabbitBackend, Topology};
 use axum::http::StatusCode;
 use common::{Api, Role, task, tenant};
 use serde_json::{Value, json};
@@ -42,18 +43,6 @@ fn spawn_relay(
         },
     ));
     (stop, relay)
-}
-
-/// Receives the next message of `queue`, failing after 20 s.
-async fn next(consumer: &mut impl Consumer) -> arq_queue::Envelope {
-    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-        .await
-        .expect("no message arrived within 20 s")
-        .expect("the consumer closed")
-        .expect("consuming failed");
-    let envelope = delivery.envelope().clone();
-    delivery.ack().await.unwrap();
-    envelope
 }
 
 #[tokio::test]
@@ -88,7 +77,7 @@ async fn an_assigned_task_sends_email_send_through_rabbitmq() {
         )
         .await;
 
-    let envelope = next(&mut mails).await;
+    let envelope = receive(&mut mails, Duration::from_secs(20)).await.unwrap();
     assert_eq!(&*envelope.message_type, "email.send");
     assert_eq!(envelope.tenant, Some(t));
     let payload: Value = envelope.payload.decode().unwrap();
@@ -110,7 +99,9 @@ async fn an_assigned_task_sends_email_send_through_rabbitmq() {
         .consume(events.queue(&events_queue).unwrap())
         .await
         .unwrap();
-    let envelope = next(&mut task_events).await;
+    let envelope = receive(&mut task_events, Duration::from_secs(20))
+        .await
+        .unwrap();
     assert_eq!(&*envelope.message_type, "task.created");
     assert_eq!(envelope.tenant, Some(t));
     let payload: Value = envelope.payload.decode().unwrap();
@@ -135,7 +126,7 @@ async fn an_assigned_task_sends_email_send_through_rabbitmq() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let envelope = next(&mut mails).await;
+    let envelope = receive(&mut mails, Duration::from_secs(20)).await.unwrap();
     let payload: Value = envelope.payload.decode().unwrap();
     assert_eq!(payload["to"], "carol@example.com");
     assert_eq!(

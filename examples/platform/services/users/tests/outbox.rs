@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
-use arq_queue::{Backend, Consumer, Delivery, RabbitBackend};
+use arq_queue::testing::receive;
+use arq_queue::{Backend, Consumer, RabbitBackend};
 use axum::http::StatusCode;
 use common::{Api, Role, me, tenant, user};
 use serde_json::{Value, json};
@@ -43,18 +44,6 @@ fn spawn_relay(
         },
     ));
     (stop, relay)
-}
-
-/// Receives the next message, failing after 20 s.
-async fn next(consumer: &mut impl Consumer) -> arq_queue::Envelope {
-    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-        .await
-        .expect("no message arrived within 20 s")
-        .expect("the consumer closed")
-        .expect("consuming failed");
-    let envelope = delivery.envelope().clone();
-    delivery.ack().await.unwrap();
-    envelope
 }
 
 #[tokio::test]
@@ -101,7 +90,7 @@ async fn profile_events_reach_rabbitmq_without_personal_data() {
         .unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
-        let e = next(&mut events).await;
+        let e = receive(&mut events, Duration::from_secs(20)).await.unwrap();
         assert_eq!(e.tenant, Some(t));
         let payload: Value = e.payload.decode().unwrap();
         assert!(!payload.to_string().contains("example.com"), "{payload}");

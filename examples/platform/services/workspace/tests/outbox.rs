@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use arq_core::metrics::MetricsRegistry;
 use arq_core::testing::{TestService, require};
-use arq_queue::{Backend, Consumer, Delivery, Queue, QueueConfig, RabbitBackend, Topology};
+use arq_queue::testing::receive;
+use arq_queue::{Backend, Consumer, Queue, QueueConfig, RabbitBackend, Topology};
 use axum::http::StatusCode;
 use common::{Api, Role, invitations, user};
 use serde_json::{Value, json};
@@ -46,18 +47,6 @@ async fn spawn_relay(
     (stop, relay)
 }
 
-/// Receives the next message, failing after 20 s.
-async fn next(consumer: &mut impl Consumer) -> arq_queue::Envelope {
-    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-        .await
-        .expect("no message arrived within 20 s")
-        .expect("the consumer closed")
-        .expect("consuming failed");
-    let envelope = delivery.envelope().clone();
-    delivery.ack().await.unwrap();
-    envelope
-}
-
 #[tokio::test]
 async fn events_reach_rabbitmq_with_the_workspace_as_tenant() {
     let amqp = require(TestService::RabbitMq);
@@ -87,7 +76,7 @@ async fn events_reach_rabbitmq_with_the_workspace_as_tenant() {
     let id = &ws["id"];
     let tenant: arq_core::TenantId = id.as_str().unwrap().parse().unwrap();
 
-    let added = next(&mut roles).await;
+    let added = receive(&mut roles, Duration::from_secs(20)).await.unwrap();
     assert_eq!(&*added.message_type, "membership.added");
     assert_eq!(added.tenant, Some(tenant));
     let payload: Value = added.payload.decode().unwrap();
@@ -105,7 +94,7 @@ async fn events_reach_rabbitmq_with_the_workspace_as_tenant() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{invitation}");
-    let email = next(&mut mails).await;
+    let email = receive(&mut mails, Duration::from_secs(20)).await.unwrap();
     assert_eq!(email.tenant, Some(tenant));
     let payload: Value = email.payload.decode().unwrap();
     assert_eq!(payload["to"], "bob@example.com");
@@ -127,8 +116,16 @@ async fn events_reach_rabbitmq_with_the_workspace_as_tenant() {
     let name = api.settings.queue.events_queue_name().unwrap();
     let mut events = backend.consume(own.queue(&name).unwrap()).await.unwrap();
     let mut kinds = vec![
-        next(&mut events).await.message_type.to_string(),
-        next(&mut events).await.message_type.to_string(),
+        receive(&mut events, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .message_type
+            .to_string(),
+        receive(&mut events, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .message_type
+            .to_string(),
     ];
     kinds.sort();
     assert_eq!(kinds, ["invitation.created", "workspace.created"]);
