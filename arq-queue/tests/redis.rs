@@ -300,6 +300,16 @@ fn keys(f: &Redis) -> (String, String, String) {
     )
 }
 
+/// A `task.run` entry value in the current wire form, `<n>:<header><payload>`, written by hand
+/// (as another writer or a test of the format would), with a fresh id and the given attempt.
+fn current_form(attempt: u32, payload: &str) -> String {
+    let header = format!(
+        r#"{{"id":"{}","type":"task.run","attempt":{attempt},"created_at_ms":1}}"#,
+        MessageId::generate()
+    );
+    format!("{}:{header}{payload}", header.len())
+}
+
 /// `XRANGE`'s reply: entries as (id, [(field, value)]).
 type Range = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
@@ -511,10 +521,6 @@ async fn malformed_entries_are_dead_lettered_with_the_reason() {
     let qn = suite::qname(&f);
     let (stream, _, dead) = keys(&f);
     let mut c = admin(&f.url).await;
-    let header = format!(
-        r#"{{"id":"{}","type":"task.run","attempt":1,"created_at_ms":1}}"#,
-        MessageId::generate()
-    );
     let bad: Vec<Vec<(&str, Vec<u8>)>> = vec![
         vec![("m", b"garbage".to_vec())],
         vec![("m", b"99999:{}".to_vec())],
@@ -538,7 +544,7 @@ async fn malformed_entries_are_dead_lettered_with_the_reason() {
         .arg(&stream)
         .arg("*")
         .arg("m")
-        .arg(format!("{}:{header}not json", header.len()))
+        .arg(current_form(1, "not json"))
         .query_async(&mut c)
         .await
         .unwrap();
@@ -625,10 +631,6 @@ async fn mixed_versions_and_oversized_foreign_entries_lose_nothing() {
     let (stream, _, dead) = keys(&f);
     let mut c = admin(&f.url).await;
     // The current form, written under `e` as a previous version's promotion would.
-    let header = format!(
-        r#"{{"id":"{}","type":"task.run","attempt":2,"created_at_ms":1}}"#,
-        MessageId::generate()
-    );
     let payload = serde_json::to_string(&Task {
         n: 11,
         act: Act::Ok,
@@ -638,7 +640,7 @@ async fn mixed_versions_and_oversized_foreign_entries_lose_nothing() {
         .arg(&stream)
         .arg("*")
         .arg("e")
-        .arg(format!("{}:{header}{payload}", header.len()))
+        .arg(current_form(2, &payload))
         .query_async(&mut c)
         .await
         .unwrap();
