@@ -313,6 +313,3 @@ impl DbConfig {
         Ok(pool)
     }
 }
-
-#[cfg(test)]
-mod tests;

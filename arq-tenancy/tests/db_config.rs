@@ -1,5 +1,6 @@
-//! [`DbConfig::connect_checked`] and [`crate::migrate::with`] against the real PostgreSQL
-//! (`ARQ_TEST_DATABASE_URL`), each test in a database of its own.
+//! [`DbConfig::connect_checked`] and [`arq_tenancy::migrate::with`] against the real PostgreSQL
+//! (`ARQ_TEST_DATABASE_URL`), each test in a database of its own
+//! ([`arq_tenancy::testing::TestDatabase`]).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -7,84 +8,10 @@
     reason = "tests"
 )]
 
-use std::str::FromStr;
-
-use arq_core::testing::{TestService, require};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
-
-use super::{CheckedConnectError, DbConfig, DbError};
-use crate::TenantId;
-use crate::audit::Violation;
-
-/// A database made as the administrator and owned by `arq_owner`, dropped (with `FORCE`) when
-/// the guard goes, also when the test panics.
-pub(crate) struct TempDatabase {
-    base: PgConnectOptions,
-    name: String,
-}
-
-impl TempDatabase {
-    pub(crate) async fn new() -> Self {
-        let base = PgConnectOptions::from_str(&require(TestService::Postgres)).unwrap();
-        let name = format!("arq_tenancy_db_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = base.connect().await.unwrap();
-        admin
-            .execute(AssertSqlSafe(format!(
-                "CREATE DATABASE {name} OWNER arq_owner"
-            )))
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        Self { base, name }
-    }
-
-    /// The URL of this database as `role` (password = name), or as the administrator.
-    pub(crate) fn url(&self, role: Option<&str>) -> String {
-        let options = self.base.clone();
-        let host = options.get_host();
-        let port = options.get_port();
-        match role {
-            Some(role) => format!("postgres://{role}:{role}@{host}:{port}/{}", self.name),
-            None => {
-                let user = options.get_username();
-                format!("postgres://{user}@{host}:{port}/{}", self.name)
-            }
-        }
-    }
-
-    pub(crate) async fn owner(&self) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&self.url(Some("arq_owner")))
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        let base = self.base.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; drop the database from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(mut c) = base.connect().await {
-                    let _ = c
-                        .execute(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use arq_tenancy::TenantId;
+use arq_tenancy::audit::Violation;
+use arq_tenancy::db::{CheckedConnectError, DbConfig, DbError};
+use arq_tenancy::testing::{Role, TestDatabase};
 
 macro_rules! notes {
     () => {
@@ -109,14 +36,14 @@ const NOTES_RLS: &str = concat!(
 
 #[tokio::test]
 async fn a_database_that_fails_the_audit_is_refused_naming_the_violation() {
-    let db = TempDatabase::new().await;
-    let owner = db.owner().await;
-    crate::migrate::with(&[(20_260_101_000_001, "notes", NOTES)])
+    let db = TestDatabase::create("arq_tenancy_db").await;
+    let owner = db.pool(Role::Owner, 1).await;
+    arq_tenancy::migrate::with(&[(20_260_101_000_001, "notes", NOTES)])
         .run(&owner)
         .await
         .unwrap();
 
-    let err = DbConfig::new(db.url(Some("arq_app")))
+    let err = DbConfig::new(db.url(Role::App))
         .max_connections(2)
         .connect_checked()
         .await
@@ -138,7 +65,7 @@ async fn a_database_that_fails_the_audit_is_refused_naming_the_violation() {
     assert!(message.contains("notes"), "{message}");
 
     // The administrator is a superuser: row level security does not apply to it.
-    let err = DbConfig::new(db.url(None))
+    let err = DbConfig::new(db.url(Role::Admin))
         .max_connections(2)
         .connect_checked()
         .await
@@ -150,14 +77,14 @@ async fn a_database_that_fails_the_audit_is_refused_naming_the_violation() {
 
 #[tokio::test]
 async fn a_safe_database_gets_a_pool_with_the_configured_statement_timeout() {
-    let db = TempDatabase::new().await;
-    let owner = db.owner().await;
-    crate::migrate::with(&[(20_260_101_000_001, "notes", NOTES_RLS)])
+    let db = TestDatabase::create("arq_tenancy_db").await;
+    let owner = db.pool(Role::Owner, 1).await;
+    arq_tenancy::migrate::with(&[(20_260_101_000_001, "notes", NOTES_RLS)])
         .run(&owner)
         .await
         .unwrap();
 
-    let tenants = DbConfig::new(db.url(Some("arq_app")))
+    let tenants = DbConfig::new(db.url(Role::App))
         .max_connections(2)
         .statement_timeout(std::time::Duration::from_secs(7))
         .connect_checked()
@@ -218,8 +145,8 @@ async fn a_bad_url_or_an_unreachable_server_says_so() {
 
 #[tokio::test]
 async fn the_builder_runs_the_support_migration_then_ours_by_version() {
-    let db = TempDatabase::new().await;
-    let owner = db.owner().await;
+    let db = TestDatabase::create("arq_tenancy_db").await;
+    let owner = db.pool(Role::Owner, 1).await;
     // Listed out of order: the second needs the first's table, the first needs the support
     // migration's function.
     let ours = [
@@ -235,7 +162,7 @@ async fn the_builder_runs_the_support_migration_then_ours_by_version() {
              PRIMARY KEY (tenant_id, id)); SELECT arq.enable_tenant_rls('notes', 'arq_app');",
         ),
     ];
-    let migrator = crate::migrate::with(&ours);
+    let migrator = arq_tenancy::migrate::with(&ours);
     migrator.run(&owner).await.unwrap();
     let applied: Vec<(i64, String)> = sqlx::query_as(
         "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version",
@@ -247,7 +174,7 @@ async fn the_builder_runs_the_support_migration_then_ours_by_version() {
         applied,
         [
             (
-                crate::migrate::SUPPORT_VERSION,
+                arq_tenancy::migrate::SUPPORT_VERSION,
                 "arq tenancy support".to_owned()
             ),
             (20_260_101_000_001, "first".to_owned()),
@@ -263,7 +190,7 @@ async fn the_builder_runs_the_support_migration_then_ours_by_version() {
     .unwrap();
     assert!(title);
     // Running again applies nothing and fails nothing.
-    crate::migrate::with(&ours).run(&owner).await.unwrap();
+    arq_tenancy::migrate::with(&ours).run(&owner).await.unwrap();
 }
 
 /// The error and its sources joined by `": "`, as anyhow's `{:#}` prints them.
