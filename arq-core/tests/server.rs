@@ -406,3 +406,248 @@ async fn bad_tls_files_are_errors_not_panics() {
     );
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
+
+// Slow clients (`server.header_read_timeout`). These run on real sockets and real time with a
+// short timeout: the paused clock advances whenever the runtime has nothing to do, which is also
+// when the server waits on a socket, so it would fire the timeout however the client behaved.
+// The lower bounds cannot flake (tokio's timers never fire early, and each is counted from before
+// the client connects, so before the server's timer starts); the upper bound is generous.
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_millis(300);
+
+fn slow_client_config(http2: bool) -> ArqConfig {
+    config(&[
+        ("ARQ__SERVER__HEADER_READ_TIMEOUT", "300ms"),
+        ("ARQ__SERVER__HTTP2", if http2 { "true" } else { "false" }),
+    ])
+}
+
+/// Reads until the server closes the connection (end of stream, or an error such as a reset or
+/// a TLS stream cut without close_notify) and returns when that happened; fails after 5 s.
+async fn closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> tokio::time::Instant {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return tokio::time::Instant::now(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the server still holds the connection 5 s later")
+}
+
+fn assert_not_before_timeout(what: &str, since: tokio::time::Instant, at: tokio::time::Instant) {
+    let after = at - since;
+    assert!(
+        after >= HEADER_READ_TIMEOUT,
+        "{what}: closed after {after:?}, before the {HEADER_READ_TIMEOUT:?} header read timeout"
+    );
+}
+
+#[tokio::test]
+async fn header_read_timeout_defaults_to_30s_and_zero_or_hours_are_refused() {
+    assert_eq!(
+        config(&[]).server.header_read_timeout,
+        Duration::from_secs(30)
+    );
+    for bad in ["0s", "0ms", "2h"] {
+        let err = ArqConfig::load_from(
+            &ConfigLoader::new("/nonexistent")
+                .environment("test")
+                .vars([("ARQ__SERVER__HEADER_READ_TIMEOUT", bad)]),
+        )
+        .unwrap_err();
+        let problem = &err.problems()[0];
+        assert_eq!(problem.key, "server.header_read_timeout", "{err}");
+        assert!(problem.message.contains("more than zero"), "{err}");
+        assert!(
+            err.to_string().contains("ARQ__SERVER__HEADER_READ_TIMEOUT"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected_after_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    for http2 in [true, false] {
+        let s = start(&slow_client_config(http2)).await;
+        // Nothing at all, part of a request head, part of the h2c preface (without HTTP/2, the
+        // HTTP/1.1 parser refuses that request line at once).
+        let partial_preface: &[u8] = if http2 { b"PRI * HTTP/2.0\r\n" } else { b"" };
+        for sent in [
+            &b""[..],
+            b"GET /hello HTTP/1.1\r\nHost: x\r\n",
+            partial_preface,
+        ] {
+            let what = format!("http2 = {http2}, sent {:?}", String::from_utf8_lossy(sent));
+            let since = tokio::time::Instant::now();
+            let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+            tcp.write_all(sent).await.unwrap();
+            let at = closed(&mut tcp).await;
+            assert_not_before_timeout(&what, since, at);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_head_trickled_a_header_at_a_time_is_cut_off_at_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(&slow_client_config(true)).await;
+    let since = tokio::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    // A header every 50 ms: the connection is never idle, yet the head never ends.
+    let trickle = tokio::spawn(async move {
+        write.write_all(b"GET /hello HTTP/1.1\r\n").await?;
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            write.write_all(format!("x-{i}: y\r\n").as_bytes()).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let at = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = read.read(&mut buf).await
+            && n > 0
+        {}
+        tokio::time::Instant::now()
+    })
+    .await
+    .expect("the server still holds the connection 5 s later");
+    trickle.abort();
+    assert_not_before_timeout("trickled head", since, at);
+}
+
+#[tokio::test]
+async fn a_request_head_sent_within_the_timeout_is_answered_and_an_idle_keep_alive_connection_closes_after_it()
+ {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for http2 in [true, false] {
+        let s = start(&slow_client_config(http2)).await;
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        // In two writes 100 ms apart: slow, but within the 300 ms.
+        tcp.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let last_write = tokio::time::Instant::now();
+        tcp.write_all(b"\r\n").await.unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !response.ends_with(b"\r\n\r\nhello") {
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .expect("no response within 5 s")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed after {:?}",
+                String::from_utf8_lossy(&response)
+            );
+            response.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            response.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "http2 = {http2}: {}",
+            String::from_utf8_lossy(&response)
+        );
+        // hyper's header read timer also runs while a keep-alive connection waits for its next
+        // request (it starts once the response is written, so after `last_write`).
+        let at = closed(&mut tcp).await;
+        assert_not_before_timeout(&format!("idle keep-alive, http2 = {http2}"), last_write, at);
+    }
+}
+
+#[tokio::test]
+async fn over_tls_a_silent_or_slow_client_is_disconnected_after_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let pki = pki();
+    for http2 in [true, false] {
+        let mut cfg = slow_client_config(http2);
+        cfg.server.tls = Some(TlsConfig::new(
+            pki.dir.join("server.pem"),
+            pki.dir.join("server.key"),
+        ));
+        let s = start(&cfg).await;
+        for (alpn, sent) in [
+            (&b"http/1.1"[..], &b""[..]),
+            (b"http/1.1", b"GET /hello HTTP/1.1\r\nHost: x\r\n"),
+            (b"h2", b""),
+            (b"h2", b"PRI * HTTP/2.0\r\n"),
+        ] {
+            if alpn == b"h2" && !http2 {
+                continue; // the handshake fails: no protocol in common
+            }
+            let what = format!(
+                "http2 = {http2}, ALPN {}, sent {:?}",
+                String::from_utf8_lossy(alpn),
+                String::from_utf8_lossy(sent)
+            );
+            let since = tokio::time::Instant::now();
+            let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tls_client(&pki, false, &[alpn])
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.write_all(sent).await.unwrap();
+            tls.flush().await.unwrap();
+            let at = closed(&mut tls).await;
+            assert_not_before_timeout(&what, since, at);
+        }
+        // A prompt client is still served, over both protocols.
+        let (v, status, body) = tls_get(s.addr, &tls_client(&pki, false, &[b"http/1.1"]), "/hello")
+            .await
+            .unwrap();
+        assert_eq!(
+            (v, status, body.as_str()),
+            (Version::HTTP_11, StatusCode::OK, "hello")
+        );
+        if http2 {
+            let (v, status, _) = tls_get(s.addr, &tls_client(&pki, false, &[b"h2"]), "/hello")
+                .await
+                .unwrap();
+            assert_eq!((v, status), (Version::HTTP_2, StatusCode::OK));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+#[tokio::test]
+async fn a_silent_client_does_not_hold_up_shutdown() {
+    let pki = pki();
+    for tls in [false, true] {
+        // The default 30 s header read timeout: the stop signal has to end these connections.
+        let mut cfg = config(&[("ARQ__SERVER__SHUTDOWN_TIMEOUT", "10s")]);
+        if tls {
+            cfg.server.tls = Some(TlsConfig::new(
+                pki.dir.join("server.pem"),
+                pki.dir.join("server.key"),
+            ));
+        }
+        let mut s = start(&cfg).await;
+        let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let _silent = if tls {
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tls_client(&pki, false, &[b"h2"])
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            Box::new(tls) as Box<dyn std::any::Any>
+        } else {
+            Box::new(tcp)
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.stop.take().unwrap().send(()).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), s.done)
+            .await
+            .unwrap_or_else(|_| panic!("tls = {tls}: still draining 5 s later"))
+            .unwrap();
+        assert_eq!(outcome, ShutdownOutcome::Drained, "tls = {tls}");
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}

@@ -274,6 +274,18 @@ pub struct ServerConfig {
     pub readiness_delay: Duration,
     /// `http2`: accept HTTP/2 (h2c prior knowledge in cleartext, ALPN `h2` over TLS) (default true).
     pub http2: bool,
+    /// `header_read_timeout`: how long an HTTP/1 client may take to send a request head (the
+    /// request line and headers) before its connection is closed without an answer, so slow or
+    /// silent clients cannot hold connections open (default `30s`; more than zero and at most
+    /// `1h`, there is no way to turn it off).
+    ///
+    /// The clock also runs while a connection waits for its first bytes (before HTTP/1.1 and
+    /// HTTP/2 are told apart, and after a TLS handshake) and while a keep-alive connection waits
+    /// for its next request: a keep-alive connection idle this long is closed, as nginx's
+    /// `client_header_timeout` and `keepalive_timeout` close theirs. Telling the protocols apart
+    /// and reading the head are timed separately, so a connection's first head may take up to
+    /// twice this. HTTP/2 connections, once their preface has arrived, are not bound by it.
+    pub header_read_timeout: Duration,
     /// `[server.tls]`, when both `cert_file` and `key_file` are set.
     pub tls: Option<TlsConfig>,
 }
@@ -308,12 +320,26 @@ impl TlsConfig {
     }
 }
 
+/// The longest `server.header_read_timeout`: longer would let slow clients keep connections
+/// for hours, and far longer would overflow the clock arithmetic of hyper's timer.
+const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3600);
+
 impl ServerConfig {
     fn read(r: &mut Reader<'_>) -> Self {
         let addr = r.get("server.addr", SocketAddr::from(([0, 0, 0, 0], 8080)));
         let shutdown_timeout = r.get("server.shutdown_timeout", Duration::from_secs(30));
         let readiness_delay = r.get("server.readiness_delay", Duration::ZERO);
         let http2 = r.get("server.http2", true);
+        let header_read_timeout = r.get("server.header_read_timeout", Duration::from_secs(30));
+        r.check(
+            "server.header_read_timeout",
+            !header_read_timeout.is_zero() && header_read_timeout <= MAX_HEADER_READ_TIMEOUT,
+            || {
+                format!(
+                    "must be more than zero and at most 1h, found {header_read_timeout:?}: it bounds how long a client may take to send a request's headers and cannot be turned off"
+                )
+            },
+        );
         let cert: Option<PathBuf> = r.opt("server.tls.cert_file");
         let key: Option<PathBuf> = r.opt("server.tls.key_file");
         let ca: Option<PathBuf> = r.opt("server.tls.client_ca_file");
@@ -363,6 +389,7 @@ impl ServerConfig {
             shutdown_timeout,
             readiness_delay,
             http2,
+            header_read_timeout,
             tls,
         }
     }

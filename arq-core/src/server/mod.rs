@@ -9,6 +9,10 @@
 //! 3. the listener closes; idle keep-alive connections close; HTTP/2 connections get GOAWAY;
 //! 4. in-flight requests get `server.shutdown_timeout` to finish; whatever is left is aborted.
 //!
+//! Slow clients: an HTTP/1 connection that takes longer than `server.header_read_timeout` to
+//! send a request head, to send its first bytes, or to send its next request on a keep-alive
+//! connection is closed without an answer (see [`ServerConfig::header_read_timeout`]).
+//!
 //! # Example
 //! ```no_run
 //! use arq_core::config::ArqConfig;
@@ -22,6 +26,7 @@
 //! ```
 
 mod background;
+mod preface;
 mod tls;
 
 use std::convert::Infallible;
@@ -35,7 +40,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -149,6 +154,7 @@ pub struct Server {
     http2: bool,
     readiness_delay: Duration,
     shutdown_timeout: Duration,
+    header_read_timeout: Duration,
     health: Health,
 }
 
@@ -199,6 +205,7 @@ impl Server {
             http2: config.http2,
             readiness_delay: config.readiness_delay,
             shutdown_timeout: config.shutdown_timeout,
+            header_read_timeout: config.header_read_timeout,
             health,
         })
     }
@@ -223,7 +230,15 @@ impl Server {
             + 'static,
         S::Future: Send + 'static,
     {
+        // Without a timer hyper ignores its default header read timeout, and slow clients could
+        // hold connections for ever. The price: hyper boxes one tokio `Sleep` per request head
+        // it waits for.
+        let header_read_timeout = self.header_read_timeout;
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
         if !self.http2 {
             builder = builder.http1_only();
         }
@@ -231,7 +246,10 @@ impl Server {
         // Cleartext HTTP/1.1 connections are served by hyper's HTTP/1.1 connection directly
         // (see `serve_plain`), which `GracefulShutdown` cannot watch: they stop on this signal.
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let http1 = hyper::server::conn::http1::Builder::new();
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut delay: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -260,9 +278,10 @@ impl Server {
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     let Some(acceptor) = self.tls.clone() else {
-                        tasks.spawn(serve_plain(stream, peer, svc, builder, watcher, http1.clone(), self.http2, stopping.clone()));
+                        tasks.spawn(serve_plain(stream, peer, svc, builder, watcher, http1.clone(), self.http2, header_read_timeout, stopping.clone()));
                         continue;
                     };
+                    let mut stopping = stopping.clone();
                     tasks.spawn(async move {
                         let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
                         let tls_stream = match handshake {
@@ -279,8 +298,26 @@ impl Server {
                         let certs = tls_stream.get_ref().1.peer_certificates().map(|c| {
                             PeerCertificates(Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()))
                         });
+                        // `auto` reads the first bytes to choose HTTP/1.1 or HTTP/2 before hyper's
+                        // header read timeout starts; bound that read too.
+                        let start = tokio::select! {
+                            start = tokio::time::timeout(header_read_timeout, preface::read_start(tls_stream)) => start,
+                            () = stopped(&mut stopping) => return,
+                        };
+                        let io = match start {
+                            Ok(Ok(Some(io))) => io,
+                            Ok(Ok(None)) => return,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "connection ended with an error");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "no request within the header read timeout; closed");
+                                return;
+                            }
+                        };
                         let hyper_svc = hyper_service(svc, peer, certs);
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), hyper_svc);
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
                         if let Err(e) = watcher.watch(conn.into_owned()).await {
                             tracing::debug!(error = %e, %peer, "connection ended with an error");
                         }
@@ -324,28 +361,6 @@ async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
 }
 
-/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether a cleartext connection opens with the HTTP/2 preface, decided on peeked bytes (the
-/// connection still reads them). A partial preface is peeked again for up to 10 s (h2c clients
-/// send it in one write, so that wait is rare); then it counts as HTTP/1.1, whose parser
-/// rejects it.
-async fn opens_with_h2_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    for _ in 0..1000 {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(false)
-}
-
 /// Serves one cleartext connection. HTTP/1.1, the common case, runs on hyper's HTTP/1.1
 /// connection itself rather than hyper-util's `auto` one, which sniffs the version on its own:
 /// an idle keep-alive connection then holds about 6 KiB less (the gateway bench's idle
@@ -364,6 +379,7 @@ async fn serve_plain<S>(
     watcher: hyper_util::server::graceful::Watcher,
     http1: hyper::server::conn::http1::Builder,
     http2: bool,
+    header_read_timeout: Duration,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) where
     S: Service<http::Request<Incoming>, Response = Response, Error = Infallible>
@@ -373,11 +389,18 @@ async fn serve_plain<S>(
     S::Future: Send + 'static,
 {
     let h2 = if http2 {
+        // Peeking waits for the client's first bytes, before hyper's header read timeout starts.
+        let sniff =
+            tokio::time::timeout(header_read_timeout, preface::opens_with_h2_preface(&stream));
         tokio::select! {
-            h2 = opens_with_h2_preface(&stream) => match h2 {
-                Ok(h2) => h2,
-                Err(e) => {
+            h2 = sniff => match h2 {
+                Ok(Ok(h2)) => h2,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no request within the header read timeout; closed");
                     return;
                 }
             },
