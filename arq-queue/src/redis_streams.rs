@@ -10,7 +10,9 @@
 //!   time (ms);
 //! - `p:q.dead` — the dead-letter stream (same field), trimmed to the dead-letter TTL on every
 //!   append (`XADD … MINID ~ now-ttl`). An entry that could not be decoded is dead-lettered
-//!   with the fields it had and an `error` field saying why.
+//!   with the fields it had and an `error` field saying why; `peek_dead` shows it as an
+//!   `arq.undecodable` envelope ([`Backend::peek_dead`]) and `requeue_dead` moves it back as
+//!   it was.
 //!
 //! The previous wire form, one field `e` holding the whole JSON envelope (and sorted-set members
 //! that are such an envelope), is still read everywhere: entries written before an upgrade are
@@ -47,7 +49,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, Script, Value};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
-use crate::backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
+use crate::backend::{
+    Backend, Consumer, Delivery, Outgoing, QueueStats, RawDeadLetter, undecodable_dead_letter,
+};
 use crate::envelope::{Envelope, Failure, Payload};
 use crate::error::QueueError;
 use crate::topology::{QueueConfig, Topology};
@@ -544,14 +548,32 @@ impl Backend for RedisBackend {
                     .arg(limit),
             )
             .await?;
-        parse_entries(&entries)
+        // An entry that does not decode is shown, not an error: it is the poison an operator
+        // peeks for, and failing the call would hide every other entry too.
+        Ok(parse_dead_entries(entries)
             .into_iter()
-            .map(|entry| {
-                entry.body.decode().map_err(|(_, e)| QueueError::Decode {
-                    reason: format!("dead-letter entry {}: {e}", entry.id),
-                })
+            .map(|(entry, recorded)| match entry.body.decode() {
+                Ok(env) => env,
+                Err((body, e)) => {
+                    let fields;
+                    let raw = match &body {
+                        Body::Framed(value) | Body::Whole(value) => RawDeadLetter::Value(value),
+                        Body::Other(_) => {
+                            fields = body.fields().0;
+                            RawDeadLetter::Fields(&fields)
+                        }
+                    };
+                    let recorded = recorded.as_deref().map(String::from_utf8_lossy);
+                    undecodable_dead_letter(
+                        Some(&entry.id),
+                        entry_id_ms(&entry.id),
+                        raw,
+                        &e.to_string(),
+                        recorded.as_deref(),
+                    )
+                }
             })
-            .collect()
+            .collect())
     }
 
     async fn requeue_dead(&self, queue: &QueueConfig, limit: usize) -> Result<usize, QueueError> {
@@ -1244,24 +1266,62 @@ fn parse_entries_owned(v: Value) -> Vec<Entry> {
     };
     items
         .into_iter()
-        .filter_map(|item| {
-            let Value::Array(pair) = item else {
-                return None;
-            };
-            let mut pair = pair.into_iter();
-            let id = match pair.next()? {
-                Value::BulkString(b) => String::from_utf8(b).ok()?,
-                other => value_string(&other)?,
-            };
-            let Value::Array(fields) = pair.next()? else {
-                return None;
-            };
-            Some(Entry {
-                id,
-                body: parse_body(fields),
-            })
+        .filter_map(split_entry)
+        .map(|(id, fields)| Entry {
+            id,
+            body: parse_body(fields),
         })
         .collect()
+}
+
+/// One `[id, [field, value, …]]` item: the id and the flat field list.
+fn split_entry(item: Value) -> Option<(String, Vec<Value>)> {
+    let Value::Array(pair) = item else {
+        return None;
+    };
+    let mut pair = pair.into_iter();
+    let id = match pair.next()? {
+        Value::BulkString(b) => String::from_utf8(b).ok()?,
+        other => value_string(&other)?,
+    };
+    let Value::Array(fields) = pair.next()? else {
+        return None;
+    };
+    Some((id, fields))
+}
+
+/// [`parse_entries`] for the dead-letter stream: each entry with the `error` field the
+/// consumer recorded when it dead-lettered an entry it could not decode (the body leaves it
+/// out of arq's forms).
+fn parse_dead_entries(v: Value) -> Vec<(Entry, Option<Vec<u8>>)> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(split_entry)
+        .map(|(id, fields)| {
+            let recorded = fields.chunks_exact(2).find_map(|pair| match pair {
+                [Value::BulkString(name), value] if name.as_slice() == ERROR => {
+                    Some(value_bytes(value))
+                }
+                _ => None,
+            });
+            let entry = Entry {
+                id,
+                body: parse_body(fields),
+            };
+            (entry, recorded)
+        })
+        .collect()
+}
+
+/// The time part of a stream entry id (`<ms>-<seq>`): when the entry was added; 0 if the id
+/// is not one.
+fn entry_id_ms(id: &str) -> u64 {
+    id.split_once('-')
+        .and_then(|(ms, _)| ms.parse().ok())
+        .unwrap_or(0)
 }
 
 /// An entry's flat `[field, value, …]` list, sorted by wire form.
@@ -1482,6 +1542,30 @@ mod tests {
         // A current-form value under the previous field (a previous version's promotion).
         let body = parse_body(vec![bulk(b"e"), bulk(&current)]);
         assert_eq!(body.decode().unwrap().id, env.id);
+    }
+
+    #[test]
+    fn dead_entries_carry_the_recorded_error_and_their_time() {
+        let entry = |id: &str, fields: &[&[u8]]| {
+            Value::Array(vec![
+                bulk(id.as_bytes()),
+                Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            entry("17-0", &[b"m", b"garbage", b"error", b"why"]),
+            entry("18-3", &[b"a", b"1"]),
+            Value::Nil,
+        ]);
+        let dead = parse_dead_entries(reply);
+        assert_eq!(dead.len(), 2);
+        assert!(matches!(&dead[0].0.body, Body::Framed(v) if v == b"garbage"));
+        assert_eq!(dead[0].1.as_deref(), Some(&b"why"[..]));
+        assert_eq!(dead[1].1, None);
+        assert_eq!(
+            (entry_id_ms("17-0"), entry_id_ms("18-3"), entry_id_ms("x")),
+            (17, 18, 0)
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use arq_core::testing::{TestService, require};
 use arq_queue::{
-    Envelope, HandlerError, Job, MessageId, Queue, QueueConfig, RedisBackend, Topology, Worker,
+    Envelope, Failure, HandlerError, Job, MessageId, Queue, QueueConfig, RedisBackend, Topology,
+    Worker,
 };
 use suite::{Act, Task};
 
@@ -366,7 +367,7 @@ async fn previous_wire_form_is_consumed_retried_and_dead_lettered() {
     // In the retry set, due now: a second attempt with the first one's failure.
     let mut retried = old(4, Act::Ok);
     retried.attempt = 2;
-    retried.failures.push(arq_queue::Failure {
+    retried.failures.push(Failure {
         attempt: 1,
         at_ms: 1,
         error: "first try".into(),
@@ -381,7 +382,7 @@ async fn previous_wire_form_is_consumed_retried_and_dead_lettered() {
     // In the dead-letter stream: one that ran out of attempts before the upgrade.
     let mut was_dead = old(5, Act::Ok);
     was_dead.attempt = 3;
-    was_dead.failures.push(arq_queue::Failure {
+    was_dead.failures.push(Failure {
         attempt: 3,
         at_ms: 1,
         error: "gave up".into(),
@@ -582,9 +583,19 @@ async fn malformed_entries_are_dead_lettered_with_the_reason() {
         m.ends_with("not json") && m.contains("does not decode"),
         "{m}"
     );
-    // Peeking names the entry it cannot show.
-    let e = q.peek_dead(&qn, 10).await.unwrap_err().to_string();
-    assert!(e.contains("dead-letter entry"), "{e}");
+    // Peeking shows all six in order: the five it cannot decode as `arq.undecodable`
+    // stand-ins naming their entries, then the regular dead letter.
+    let peeked = q.peek_dead(&qn, 10).await.unwrap();
+    let types: Vec<&str> = peeked.iter().map(|e| &*e.message_type).collect();
+    assert_eq!(
+        types,
+        [["arq.undecodable"; 5].as_slice(), &["task.run"]].concat()
+    );
+    for env in &peeked[..5] {
+        assert!(env.headers.contains_key("arq-entry-id"), "{env:?}");
+        assert!(env.last_error().unwrap().contains("not an arq"), "{env:?}");
+    }
+    assert!(peeked[5].last_error().unwrap().contains("does not decode"));
     // Requeueing puts them back as they were (without the error), and they end up dead
     // again, not handled and not lost.
     assert_eq!(q.requeue_dead(&qn, 10).await.unwrap(), 6);
@@ -696,5 +707,142 @@ async fn mixed_versions_and_oversized_foreign_entries_lose_nothing() {
     suite::wait_depth(&q, &qn, |s| s.dead == 2 && s.depth() == 0).await;
     w.stop().await;
     assert_eq!(rec.done_count(), 1);
+    f.cleanup_now(&t).await;
+}
+
+/// `XADD key * field value …` with raw bytes; the new entry's id.
+async fn xadd(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    fields: &[(&str, &[u8])],
+) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query_async(c).await.unwrap()
+}
+
+/// What `peek_dead` shows for an entry it cannot decode: the payload's JSON, parsed.
+fn peeked_payload(env: &Envelope) -> serde_json::Value {
+    serde_json::from_slice(&env.payload.to_json().unwrap()).expect("the payload is valid JSON")
+}
+
+/// Bug: one dead letter that does not decode made `peek_dead` fail for all of them. Now it
+/// returns every entry up to the limit, in order, those it cannot decode as `arq.undecodable`
+/// stand-ins (entry id header, the decode error and the recorded reason, the raw value as a JSON
+/// string, lossily decoded). `requeue_dead` moves them back as they were, the consumer
+/// dead-letters them again (the well-formed ones are handled), and peeking still shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_dead_shows_undecodable_entries_in_place() {
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q);
+    let q = Queue::new(suite::Fixture::backend(&f).await, t.clone())
+        .await
+        .unwrap();
+    let qn = suite::qname(&f);
+    let (_, _, dead) = keys(&f);
+    let mut c = admin(&f.url).await;
+    let task = |n| serde_json::to_string(&Task { n, act: Act::Ok }).unwrap();
+    let good1 = current_form(3, &task(1));
+    let good2 = current_form(3, &task(2));
+    let not_utf8: &[u8] = b"12:\xff\xfe{\"x\":1}";
+    let ids = [
+        xadd(&mut c, &dead, &[("m", good1.as_bytes())]).await,
+        xadd(
+            &mut c,
+            &dead,
+            &[("m", b"garbage \"quoted\""), ("error", b"recorded reason")],
+        )
+        .await,
+        xadd(&mut c, &dead, &[("m", not_utf8)]).await,
+        xadd(&mut c, &dead, &[("foo", b"bar"), ("baz", b"qux")]).await,
+        xadd(&mut c, &dead, &[("m", good2.as_bytes())]).await,
+    ];
+
+    let peeked = q.peek_dead(&qn, 10).await.unwrap();
+    assert_eq!(peeked.len(), 5);
+    let types: Vec<&str> = peeked.iter().map(|e| &*e.message_type).collect();
+    assert_eq!(
+        types,
+        [
+            "task.run",
+            "arq.undecodable",
+            "arq.undecodable",
+            "arq.undecodable",
+            "task.run"
+        ]
+    );
+    assert_eq!(peeked[0].payload.decode::<Task>().unwrap().n, 1);
+    assert_eq!(peeked[4].payload.decode::<Task>().unwrap().n, 2);
+    for (env, id) in peeked[1..4].iter().zip(&ids[1..4]) {
+        assert_eq!(env.headers["arq-entry-id"], *id);
+        assert!(env.id.as_uuid().is_nil());
+        assert_eq!(env.tenant, None);
+        let ms: u64 = id.split('-').next().unwrap().parse().unwrap();
+        assert_eq!(env.created_at_ms, ms);
+        assert_eq!(env.failures.len(), 1);
+        assert!(
+            env.last_error()
+                .unwrap()
+                .contains("not an arq stream entry"),
+            "{env:?}"
+        );
+    }
+    assert_eq!(
+        peeked_payload(&peeked[1]),
+        serde_json::json!("garbage \"quoted\"")
+    );
+    assert!(
+        peeked[1].last_error().unwrap().contains("recorded reason"),
+        "{:?}",
+        peeked[1].failures
+    );
+    assert_eq!(
+        peeked_payload(&peeked[2]),
+        serde_json::json!("12:\u{fffd}\u{fffd}{\"x\":1}")
+    );
+    assert_eq!(
+        peeked_payload(&peeked[3]),
+        serde_json::json!({"foo": "bar", "baz": "qux"})
+    );
+    // The limit counts them like any other entry.
+    let two = q.peek_dead(&qn, 2).await.unwrap();
+    assert_eq!(two.len(), 2);
+    assert_eq!(two[1].headers["arq-entry-id"], ids[1]);
+
+    // Requeued as they were; the consumer handles the good ones and dead-letters the others
+    // again, in the order it reads them.
+    assert_eq!(q.requeue_dead(&qn, 10).await.unwrap(), 5);
+    let rec = Arc::new(suite::Recorder::default());
+    let w = suite::spawn(
+        Worker::new(q.clone())
+            .handle(&qn, suite::handler(rec.clone()))
+            .unwrap(),
+    );
+    suite::wait_until("the two good ones", Duration::from_secs(10), || {
+        rec.done_count() == 2
+    })
+    .await;
+    suite::wait_depth(&q, &qn, |s| s.dead == 3 && s.depth() == 0).await;
+    w.stop().await;
+    let raw = entries_of(&mut c, &dead).await;
+    assert_eq!(raw.len(), 3);
+    assert_eq!(raw[0]["m"], b"garbage \"quoted\"");
+    assert_eq!(raw[1]["m"], not_utf8);
+    assert_eq!(
+        (&raw[2]["foo"][..], &raw[2]["baz"][..]),
+        (&b"bar"[..], &b"qux"[..])
+    );
+    let again = q.peek_dead(&qn, 10).await.unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|e| &*e.message_type == "arq.undecodable"));
+    assert_eq!(
+        peeked_payload(&again[0]),
+        serde_json::json!("garbage \"quoted\"")
+    );
+    assert!(!again[0].headers["arq-entry-id"].is_empty());
+    assert_ne!(again[0].headers["arq-entry-id"], ids[1], "a new entry");
     f.cleanup_now(&t).await;
 }
