@@ -194,34 +194,38 @@ impl Backend for MemoryBackend {
 
     async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), QueueError> {
         // Route everything first so an unroutable message fails the batch before any is stored.
-        // A batch usually repeats one exchange and key: look each run of them up once.
-        let mut routed = Vec::with_capacity(batch.len());
-        let mut last: Option<(Arc<str>, Arc<str>, Targets)> = None;
-        for o in batch {
-            let targets = match &last {
-                Some((e, k, t)) if *e == o.exchange && *k == o.routing_key => t.clone(),
+        // A batch usually repeats one exchange and key: look each run of them up once, and
+        // remember runs rather than a target per message, so the envelopes move only once,
+        // from the batch into their queue.
+        let mut runs: Vec<(usize, Targets)> = Vec::new();
+        let mut last: Option<(&Arc<str>, &Arc<str>)> = None;
+        for o in &batch {
+            match (last, runs.last_mut()) {
+                (Some((e, k)), Some((len, _))) if *e == o.exchange && *k == o.routing_key => {
+                    *len += 1;
+                }
                 _ => {
                     let t = self.targets(&o.exchange, &o.routing_key)?;
-                    last = Some((o.exchange.clone(), o.routing_key.clone(), t.clone()));
-                    t
+                    match runs.last_mut() {
+                        // A different key routed to the same queues continues the run.
+                        Some((len, prev)) if Arc::ptr_eq(prev, &t) => *len += 1,
+                        _ => runs.push((1, t)),
+                    }
+                    last = Some((&o.exchange, &o.routing_key));
                 }
-            };
-            routed.push((targets, o.envelope));
+            }
         }
-        // Consecutive messages for the same single queue go in under one lock and one wake-up.
-        let mut routed = routed.into_iter().peekable();
-        while let Some((targets, env)) = routed.next() {
+        // Each run for a single queue goes in under one lock and one wake-up.
+        let mut envelopes = batch.into_iter().map(|o| o.envelope);
+        for (len, targets) in runs {
             if let [only] = &*targets {
-                let mut ready = lock(&only.ready);
-                ready.push_back(env);
-                while let Some((_, env)) = routed.next_if(|(next, _)| Arc::ptr_eq(next, &targets)) {
-                    ready.push_back(env);
-                }
-                drop(ready);
+                lock(&only.ready).extend(envelopes.by_ref().take(len));
                 only.notify.notify_one();
             } else {
-                for t in targets.iter() {
-                    t.push_back(env.clone());
+                for env in envelopes.by_ref().take(len) {
+                    for t in targets.iter() {
+                        t.push_back(env.clone());
+                    }
                 }
             }
         }
@@ -568,5 +572,68 @@ mod tests {
         assert_eq!((stats.ready, stats.unacked), (2, 1));
         drop(d);
         assert_eq!(backend.stats(&config).await.unwrap().ready, 3);
+    }
+
+    /// The payloads (`usize`) in `queue`, in order, taking them off the queue.
+    async fn drain(backend: &MemoryBackend, config: &QueueConfig) -> Vec<usize> {
+        let mut consumer = backend.consume(config).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(Some(Ok(mut d))) = consumer.next().now_or_never() {
+            out.push(d.envelope().payload.decode::<usize>().unwrap());
+            assert!(matches!(d.ack_now(), Some(Ok(()))));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_mixed_batch_lands_in_order_in_each_bound_queue_and_an_unroutable_one_stores_nothing()
+    {
+        // `a` takes a.*, `b` takes b.*, both take both.*; `x` and `y` are two exchanges.
+        let a = QueueConfig::new("a").bind("x", "a.*").bind("x", "both.*");
+        let b = QueueConfig::new("b")
+            .bind("x", "b.*")
+            .bind("x", "both.*")
+            .bind("y", "#");
+        let backend = MemoryBackend::new();
+        backend
+            .declare(
+                &Topology::new(["x", "y"])
+                    .queue_config(a.clone())
+                    .queue_config(b.clone()),
+            )
+            .await
+            .unwrap();
+        let out = |i: usize, ex: &str, key: &str| Outgoing {
+            exchange: ex.into(),
+            routing_key: key.into(),
+            envelope: Envelope::with_payload("t", Payload::native(i)),
+        };
+        // Runs of one key, a key change that routes to the same queue (a.1 → a.2), two
+        // queues at once, another exchange, and back.
+        let batch = vec![
+            out(0, "x", "a.1"),
+            out(1, "x", "a.1"),
+            out(2, "x", "a.2"),
+            out(3, "x", "b.1"),
+            out(4, "x", "both.1"),
+            out(5, "x", "both.1"),
+            out(6, "y", "anything"),
+            out(7, "x", "a.1"),
+        ];
+        backend.publish(batch).await.unwrap();
+        assert_eq!(drain(&backend, &a).await, [0, 1, 2, 4, 5, 7]);
+        assert_eq!(drain(&backend, &b).await, [3, 4, 5, 6]);
+
+        // One unroutable message anywhere in a batch fails it before anything is stored.
+        let batch = vec![
+            out(10, "x", "a.1"),
+            out(11, "x", "both.1"),
+            out(12, "x", "nobody.listens"),
+            out(13, "x", "a.1"),
+        ];
+        let err = backend.publish(batch).await.unwrap_err();
+        assert!(matches!(err, QueueError::Unroutable { .. }), "{err:?}");
+        assert_eq!(backend.stats(&a).await.unwrap().ready, 0);
+        assert_eq!(backend.stats(&b).await.unwrap().ready, 0);
     }
 }
