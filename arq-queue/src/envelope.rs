@@ -58,9 +58,14 @@ impl MessageId {
     /// A fresh id stamped with `unix_ms` (so a caller that already read the clock does not
     /// read it again).
     fn generate_at(unix_ms: u64) -> Self {
-        let mut random = [0u8; 10];
-        rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
-        Self(uuid::Builder::from_unix_timestamp_millis(unix_ms, &random).into_uuid())
+        // Two words from the generator rather than `fill_bytes` of ten: the same randomness,
+        // fewer instructions on this per-message path.
+        let mut rng = rand::rng();
+        let (hi, lo) = (rand::Rng::next_u64(&mut rng), rand::Rng::next_u32(&mut rng));
+        let mut bits = [0u8; 10];
+        bits[..8].copy_from_slice(&hi.to_le_bytes());
+        bits[8..].copy_from_slice(&lo.to_le_bytes()[..2]);
+        Self(uuid::Builder::from_unix_timestamp_millis(unix_ms, &bits).into_uuid())
     }
 
     /// Wraps an existing UUID.
@@ -288,12 +293,15 @@ fn static_type_name(name: &'static str) -> Arc<str> {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
+    let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis()
-        .try_into()
-        .unwrap_or(u64::MAX)
+        .unwrap_or(Duration::ZERO);
+    // Seconds and millis apart rather than `as_millis` (a 128-bit multiply-add): this runs for
+    // every message published and delivered.
+    since
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(since.subsec_millis()))
 }
 
 impl Envelope {
