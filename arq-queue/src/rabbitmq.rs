@@ -28,7 +28,9 @@
 //! the broker's own death history, not a counter a client could lose. The retry delay is the
 //! wait queue's TTL, fixed per queue (a per-message delay is not possible with TTL queues).
 //! Dead letters are republished (confirmed) to `q.dead` with their failure history, then
-//! acknowledged.
+//! acknowledged. A message that is not an arq envelope is rejected (without requeue) to
+//! `q.dead` by the consumer; `peek_dead` shows it as an `arq.undecodable` envelope
+//! ([`Backend::peek_dead`]) and `requeue_dead` moves it back to `q` as it is.
 //!
 //! # Reconnection
 //! When the connection or a channel breaks, the next publish reconnects, re-declares the
@@ -62,7 +64,9 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 
-use crate::backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
+use crate::backend::{
+    Backend, Consumer, Delivery, Outgoing, QueueStats, RawDeadLetter, undecodable_dead_letter,
+};
 use crate::envelope::{Envelope, Failure, MessageId, Payload, trace_from_parts};
 use crate::error::QueueError;
 use crate::topology::{QueueConfig, Topology};
@@ -579,7 +583,7 @@ async fn publish_confirmed(
     routing_key: &str,
     body: &[u8],
     props: BasicProperties,
-    id: MessageId,
+    id: impl std::fmt::Display,
 ) -> Result<(), QueueError> {
     let confirm = ch
         .basic_publish(
@@ -606,7 +610,7 @@ fn check_confirm(
     c: &Confirmation,
     exchange: &str,
     routing_key: &str,
-    id: MessageId,
+    id: impl std::fmt::Display,
 ) -> Result<(), QueueError> {
     match c {
         Confirmation::Ack(None) => Ok(()),
@@ -751,7 +755,20 @@ impl Backend for RabbitBackend {
             else {
                 break;
             };
-            out.push(from_amqp(&m.delivery.properties, &m.delivery.data, &wait)?);
+            // A message that is not an arq envelope (a foreign publisher's, a damaged one) is
+            // shown, not an error: it is the poison an operator peeks for, and failing the
+            // call would hide every other dead letter too.
+            let props = &m.delivery.properties;
+            out.push(match from_amqp(props, &m.delivery.data, &wait) {
+                Ok(env) => env,
+                Err(e) => undecodable_dead_letter(
+                    props.message_id().as_ref().map(ShortString::as_str),
+                    props.timestamp().map_or(0, |s| s.saturating_mul(1000)),
+                    RawDeadLetter::Value(&m.delivery.data),
+                    &e.to_string(),
+                    None,
+                ),
+            });
         }
         // Closing the channel returns every message we held to the queue.
         let _ = ch.close(200, "OK".into()).await;
@@ -776,11 +793,27 @@ impl Backend for RabbitBackend {
             else {
                 break;
             };
-            let mut env = from_amqp(&m.delivery.properties, &m.delivery.data, &wait)?;
-            env.attempt = 1;
-            // Without x-death: the broker starts counting attempts again.
-            let (body, props) = to_amqp(&env, None)?;
-            publish_confirmed(&ch, "", &queue.name, &body, props, env.id).await?;
+            let props = &m.delivery.properties;
+            match from_amqp(props, &m.delivery.data, &wait) {
+                Ok(mut env) => {
+                    env.attempt = 1;
+                    // Without x-death: the broker starts counting attempts again.
+                    let (body, props) = to_amqp(&env, None)?;
+                    publish_confirmed(&ch, "", &queue.name, &body, props, env.id).await?;
+                }
+                // Not an arq envelope: moved back as it is, like any other dead letter (the
+                // consumer rejects it to the dead-letter queue again), rather than failing
+                // the call and leaving everything behind it in place.
+                Err(e) => {
+                    let id = props
+                        .message_id()
+                        .as_ref()
+                        .map_or("(no message id)", ShortString::as_str);
+                    tracing::info!(queue = %queue.name, message_id = id, error = %e, "requeueing a dead letter that is not an arq envelope as it is");
+                    publish_confirmed(&ch, "", &queue.name, &m.delivery.data, props.clone(), id)
+                        .await?;
+                }
+            }
             m.delivery
                 .acker
                 .ack(BasicAckOptions::default())
