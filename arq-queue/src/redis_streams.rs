@@ -4,8 +4,9 @@
 //! For a work queue `q` under the key prefix `p`:
 //! - `p:q` — the stream, consumed by the consumer group `arq`; each entry has one field `m`:
 //!   `<n>:<header><payload>`, where the header is the envelope's JSON wire form without the
-//!   payload, `n` its length in bytes (decimal), and the payload the payload's JSON. A consumer
-//!   parses the header only; the handler parses the payload, once;
+//!   payload, `n` its length in bytes (decimal), and the payload the payload's JSON as
+//!   published (an empty payload stays empty through retries, dead letters and requeues). A
+//!   consumer parses the header only; the handler parses the payload, once;
 //! - `p:q.wait` — a sorted set of retries waiting (members as the field `m`), scored by due
 //!   time (ms);
 //! - `p:q.dead` — the dead-letter stream (same field), trimmed to the dead-letter TTL on every
@@ -264,7 +265,16 @@ fn encode_entry(env: &Envelope) -> Result<Vec<u8>, QueueError> {
         }
     }
     out.splice(0..0, digits[at..].iter().copied().chain([b':']));
-    env.payload.write_json_or_null(&mut out)?;
+    match &env.payload {
+        // As it is, empty too: the header length marks where the payload starts, so an empty
+        // one needs no stand-in, and writing `null` for it (as the whole-envelope form must)
+        // would hand the next attempt, the dead letter and the requeued message a payload
+        // that was never published.
+        Payload::Json(json) => out.extend_from_slice(json),
+        // Serialized straight into the value; serde never writes an empty value, so the
+        // `null` is never used here.
+        Payload::Native(_) => env.payload.write_json_or_null(&mut out)?,
+    }
     Ok(out)
 }
 
@@ -1542,6 +1552,26 @@ mod tests {
         // A current-form value under the previous field (a previous version's promotion).
         let body = parse_body(vec![bulk(b"e"), bulk(&current)]);
         assert_eq!(body.decode().unwrap().id, env.id);
+    }
+
+    /// An empty payload is written as it is, so a retry, a dead letter or a requeue (which
+    /// all re-encode the decoded envelope) hands on what was published, not `null`.
+    #[test]
+    fn an_empty_payload_stays_empty_when_re_encoded() {
+        let env = Envelope::with_payload("t", Payload::Json(Bytes::new()));
+        let value = encode_entry(&env).unwrap();
+        let (header, payload) = entry_parts(&value).unwrap();
+        assert_eq!((header.end, payload), (value.len(), value.len()));
+        let mut back = Body::Framed(value).decode().unwrap();
+        assert!(matches!(&back.payload, Payload::Json(b) if b.is_empty()));
+        back.attempt = 2;
+        let again = encode_entry(&back).unwrap();
+        let back = Body::Framed(again).decode().unwrap();
+        assert!(matches!(&back.payload, Payload::Json(b) if b.is_empty()));
+        // A `null` that was published stays `null`.
+        let null = Envelope::with_payload("t", Payload::Json(Bytes::from_static(b"null")));
+        let back = Body::Framed(encode_entry(&null).unwrap()).decode().unwrap();
+        assert!(matches!(&back.payload, Payload::Json(b) if &b[..] == b"null"));
     }
 
     #[test]

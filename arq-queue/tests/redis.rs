@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use arq_core::testing::{TestService, require};
 use arq_queue::{
-    Envelope, Failure, HandlerError, Job, MessageId, Queue, QueueConfig, RedisBackend, Topology,
-    Worker,
+    Backend, Consumer, Delivery, Envelope, Failure, HandlerError, Job, MessageId, Outgoing,
+    Payload, Queue, QueueConfig, RedisBackend, Topology, Worker,
 };
 use suite::{Act, Task};
 
@@ -724,6 +724,15 @@ async fn xadd(
     cmd.query_async(c).await.unwrap()
 }
 
+/// The consumer's next delivery, within 10 s.
+async fn next<C: Consumer>(consumer: &mut C) -> C::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
 /// What `peek_dead` shows for an entry it cannot decode: the payload's JSON, parsed.
 fn peeked_payload(env: &Envelope) -> serde_json::Value {
     serde_json::from_slice(&env.payload.to_json().unwrap()).expect("the payload is valid JSON")
@@ -844,5 +853,65 @@ async fn peek_dead_shows_undecodable_entries_in_place() {
     );
     assert!(!again[0].headers["arq-entry-id"].is_empty());
     assert_ne!(again[0].headers["arq-entry-id"], ids[1], "a new entry");
+    f.cleanup_now(&t).await;
+}
+
+/// Bug: an empty payload came back as `null` once the message was retried, dead-lettered or
+/// requeued (the re-encoding wrote `null` for it). It stays empty through all three, and on the
+/// wire the value ends with the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_payload_stays_empty_through_retry_dead_letter_and_requeue() {
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q);
+    let q = Queue::new(suite::Fixture::backend(&f).await, t.clone())
+        .await
+        .unwrap();
+    let qn = suite::qname(&f);
+    let (stream, _, dead) = keys(&f);
+    let mut c = admin(&f.url).await;
+    let b = q.backend();
+    let config = t.queues[0].clone();
+    let env = Envelope::with_payload("task.empty", Payload::Json(bytes::Bytes::new()));
+    let id = env.id;
+    b.publish(vec![Outgoing {
+        exchange: format!("{}.x", f.unique).into(),
+        routing_key: "task.empty".into(),
+        envelope: env,
+    }])
+    .await
+    .unwrap();
+    let ends_with_header = |m: &[u8]| {
+        let colon = m.iter().position(|&b| b == b':').unwrap();
+        let n: usize = std::str::from_utf8(&m[..colon]).unwrap().parse().unwrap();
+        colon + 1 + n == m.len()
+    };
+    assert!(ends_with_header(&entries_of(&mut c, &stream).await[0]["m"]));
+
+    let empty = |e: &Envelope| matches!(&e.payload, Payload::Json(p) if p.is_empty());
+    let failure = |attempt| Failure {
+        attempt,
+        at_ms: 1,
+        error: format!("attempt {attempt}"),
+    };
+    let mut consumer = b.consume(&config).await.unwrap();
+    let d = next(&mut consumer).await;
+    assert_eq!((d.envelope().id, d.envelope().attempt), (id, 1));
+    assert!(empty(d.envelope()), "{:?}", d.envelope().payload);
+    d.retry(failure(1), Duration::ZERO).await.unwrap();
+    let d = next(&mut consumer).await;
+    assert_eq!((d.envelope().id, d.envelope().attempt), (id, 2));
+    assert!(empty(d.envelope()), "retried: {:?}", d.envelope().payload);
+    d.dead_letter(failure(2)).await.unwrap();
+    assert!(ends_with_header(&entries_of(&mut c, &dead).await[0]["m"]));
+    let peeked = q.peek_dead(&qn, 10).await.unwrap();
+    assert_eq!(peeked.len(), 1);
+    assert!(empty(&peeked[0]), "dead: {:?}", peeked[0].payload);
+    assert_eq!(q.requeue_dead(&qn, 10).await.unwrap(), 1);
+    let d = next(&mut consumer).await;
+    assert_eq!((d.envelope().id, d.envelope().attempt), (id, 1));
+    assert!(empty(d.envelope()), "requeued: {:?}", d.envelope().payload);
+    assert_eq!(d.envelope().failures.len(), 2);
+    d.ack().await.unwrap();
+    consumer.close().await;
     f.cleanup_now(&t).await;
 }
