@@ -513,6 +513,7 @@ impl Backend for RedisBackend {
             credit_chunk: (prefetch / 8).max(1),
             ack_tx,
             reader: Some(reader),
+            dead_lettering: None,
         })
     }
 
@@ -1012,9 +1013,67 @@ pub struct RedisConsumer {
     credit_chunk: usize,
     ack_tx: mpsc::UnboundedSender<AckRequest>,
     reader: Option<tokio::task::JoinHandle<()>>,
+    /// The dead-lettering of an undecodable entry, while it is in flight: kept here rather
+    /// than in `next`'s future so that a `next` dropped while it waits (a caller may poll it
+    /// once and drop it when it is pending) leaves it to the next call to finish, instead of
+    /// abandoning it half way (the entry would wait for the reaper and come back out of
+    /// order).
+    dead_lettering: Option<DeadLettering>,
+}
+
+/// A dead-lettering in flight ([`RedisConsumer::dead_lettering`]).
+struct DeadLettering(futures::future::BoxFuture<'static, Result<(), QueueError>>);
+
+impl std::fmt::Debug for DeadLettering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadLettering(..)")
+    }
 }
 
 impl RedisConsumer {
+    /// Finishes a dead-lettering a dropped `next` left in flight.
+    async fn finish_dead_lettering(&mut self) -> Result<(), QueueError> {
+        let Some(pending) = &mut self.dead_lettering else {
+            return Ok(());
+        };
+        let r = (&mut pending.0).await;
+        self.dead_lettering = None;
+        r
+    }
+
+    /// Moves an entry no handler can run to the dead-letter stream: its fields as they are,
+    /// plus the reason, so nothing is lost and the stream is not blocked.
+    fn dead_letter_undecodable(&self, id: &str, body: &Body, e: &QueueError) -> DeadLettering {
+        tracing::warn!(error = %e, entry = %id, "undecodable stream entry; dead-lettering it");
+        let (fields, dropped) = body.fields();
+        let reason = if dropped > 0 {
+            format!("{e} (its last {dropped} fields were not kept)")
+        } else {
+            e.to_string()
+        };
+        // Owned, so the future outlives the `next` call that started it.
+        let mut args: Vec<Vec<u8>> = vec![
+            GROUP.into(),
+            id.into(),
+            self.keys.dead_ttl_ms.to_string().into_bytes(),
+        ];
+        for (k, v) in fields {
+            args.extend([k.to_vec(), v.to_vec()]);
+        }
+        args.extend([ERROR.to_vec(), reason.into_bytes()]);
+        let backend = self.backend.clone();
+        let keys = self.keys.clone();
+        DeadLettering(Box::pin(async move {
+            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            backend
+                .inner
+                .conn
+                .script::<u64>(&backend.inner.dead, &[&keys.stream, &keys.dead], &args)
+                .await
+                .map(drop)
+        }))
+    }
+
     /// Stops the reader and takes every entry it read that was not handed out.
     fn take_buffered(&mut self) -> Vec<Entry> {
         self.rx.close();
@@ -1056,14 +1115,22 @@ impl RedisConsumer {
 
 impl Drop for RedisConsumer {
     fn drop(&mut self) {
+        let dead_lettering = self.dead_lettering.take();
         let left = self.take_buffered();
-        if left.is_empty() {
+        if left.is_empty() && dead_lettering.is_none() {
             return;
         }
         let backend = self.backend.clone();
         let keys = self.keys.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { release(&backend, &keys, left).await });
+            handle.spawn(async move {
+                if let Some(d) = dead_lettering
+                    && let Err(e) = d.0.await
+                {
+                    tracing::warn!(error = %e, "dead-lettering an undecodable entry failed; the reaper will reclaim it");
+                }
+                release(&backend, &keys, left).await;
+            });
         }
     }
 }
@@ -1080,6 +1147,9 @@ impl Consumer for RedisConsumer {
             let _ = reader.await;
         }
         let left = self.take_buffered();
+        if let Err(e) = self.finish_dead_lettering().await {
+            tracing::warn!(error = %e, "dead-lettering an undecodable entry failed; the reaper will reclaim it");
+        }
         release(&self.backend, &self.keys, left).await;
         // Acknowledgements queued without waiting (`ack_now`) go out before this returns.
         let (done, flushed) = oneshot::channel();
@@ -1092,8 +1162,12 @@ impl Consumer for RedisConsumer {
         }
     }
 
+    /// Cancel-safe: dropping the future loses no entry and leaves none half dead-lettered.
     async fn next(&mut self) -> Option<Result<RedisDelivery, QueueError>> {
         loop {
+            if let Err(e) = self.finish_dead_lettering().await {
+                return Some(Err(e));
+            }
             let Entry { id, body } = match self.next_entry().await? {
                 Ok(e) => e,
                 Err(e) => return Some(Err(e)),
@@ -1108,37 +1182,10 @@ impl Consumer for RedisConsumer {
                         ack_tx: self.ack_tx.clone(),
                     }));
                 }
+                // Poison at the envelope level: no handler can run it. Dead-lettered before the
+                // next entry is taken (the loop's first step), so they stay in order.
                 Err((body, e)) => {
-                    // Poison at the envelope level: no handler can run it. Dead-letter the
-                    // entry's fields as they are, with the reason, so nothing is lost and the
-                    // stream is not blocked.
-                    tracing::warn!(error = %e, entry = %id, "undecodable stream entry; dead-lettering it");
-                    let ttl = self.keys.dead_ttl_ms.to_string();
-                    let (fields, dropped) = body.fields();
-                    let reason = if dropped > 0 {
-                        format!("{e} (its last {dropped} fields were not kept)")
-                    } else {
-                        e.to_string()
-                    };
-                    let mut args: Vec<&[u8]> =
-                        vec![GROUP.as_bytes(), id.as_bytes(), ttl.as_bytes()];
-                    for (k, v) in fields {
-                        args.extend([k, v]);
-                    }
-                    args.extend([ERROR, reason.as_bytes()]);
-                    let r = self
-                        .backend
-                        .inner
-                        .conn
-                        .script::<u64>(
-                            &self.backend.inner.dead,
-                            &[&self.keys.stream, &self.keys.dead],
-                            &args,
-                        )
-                        .await;
-                    if let Err(e) = r {
-                        return Some(Err(e));
-                    }
+                    self.dead_lettering = Some(self.dead_letter_undecodable(&id, &body, &e));
                 }
             }
         }

@@ -915,3 +915,49 @@ async fn an_empty_payload_stays_empty_through_retry_dead_letter_and_requeue() {
     consumer.close().await;
     f.cleanup_now(&t).await;
 }
+
+/// `next` is cancel-safe: a caller that polls it once and drops it while it is pending (as the
+/// worker does when it drains a burst) does not abandon the dead-lettering of an undecodable
+/// entry half way. With an empty script cache the dead-lettering takes several round trips
+/// (`EVALSHA`, `NOSCRIPT`, load, again); the next call finishes it, so the entries are
+/// dead-lettered at once and in order instead of waiting for the reaper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_next_leaves_no_entry_half_dead_lettered() {
+    use futures::FutureExt as _;
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q.visibility_timeout(Duration::from_secs(600)));
+    let q = Queue::new(suite::Fixture::backend(&f).await, t.clone())
+        .await
+        .unwrap();
+    let (stream, _, dead) = keys(&f);
+    let mut c = admin(&f.url).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    xadd(&mut c, &stream, &[("m", b"first bad")]).await;
+    xadd(&mut c, &stream, &[("m", b"second bad")]).await;
+    let id = suite::publish(&q, &format!("{}.x", f.unique), Task { n: 1, act: Act::Ok }).await;
+
+    let mut consumer = q.backend().consume(&t.queues[0]).await.unwrap();
+    let started = std::time::Instant::now();
+    let d = loop {
+        match consumer.next().now_or_never() {
+            Some(Some(Ok(d))) => break d,
+            Some(other) => panic!("{other:?}"),
+            None => {
+                assert!(started.elapsed() < Duration::from_secs(10), "no delivery");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    assert_eq!(d.envelope().id, id);
+    let raw = entries_of(&mut c, &dead).await;
+    let values: Vec<&[u8]> = raw.iter().map(|e| &e["m"][..]).collect();
+    assert_eq!(values, [&b"first bad"[..], b"second bad"]);
+    d.ack().await.unwrap();
+    consumer.close().await;
+    suite::wait_depth(&q, &suite::qname(&f), |s| s.depth() == 0 && s.dead == 2).await;
+    f.cleanup_now(&t).await;
+}
