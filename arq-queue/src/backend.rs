@@ -192,6 +192,7 @@ mod undecodable {
         /// One value (a Redis field value, an AMQP body).
         Value(&'a [u8]),
         /// Field names and values (a Redis entry with no arq field).
+        #[cfg(feature = "redis")]
         Fields(&'a [(&'a [u8], &'a [u8])]),
     }
 
@@ -210,6 +211,7 @@ mod undecodable {
         let text = |b: &[u8]| serde_json::Value::String(String::from_utf8_lossy(b).into_owned());
         let json = match raw {
             RawDeadLetter::Value(v) => text(v),
+            #[cfg(feature = "redis")]
             RawDeadLetter::Fields(fields) => serde_json::Value::Object(
                 fields
                     .iter()
@@ -269,7 +271,11 @@ mod undecodable {
             let json = env.payload.to_json().unwrap();
             let back: serde_json::Value = serde_json::from_slice(&json).unwrap();
             assert_eq!(back, serde_json::json!("not \"json\" \u{fffd}"));
+        }
 
+        #[cfg(feature = "redis")]
+        #[test]
+        fn foreign_fields_become_an_object_and_both_reasons_are_kept() {
             let fields: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"b\xfe", b"")];
             let env = undecodable_dead_letter(
                 None,
