@@ -896,6 +896,13 @@ impl RabbitConsumer {
     async fn open(&mut self) -> Result<(), QueueError> {
         let live = self.backend.live().await?;
         let channel = live.conn.create_channel().await.map_err(|e| conn_err(&e))?;
+        // Guarded from here on: if this open fails or is abandoned part way (the worker drops a
+        // pending `next`), the channel closes and the broker requeues whatever it delivered to
+        // the half-registered consumer, instead of holding it unacknowledged on a channel
+        // nobody reads.
+        let guard = Arc::new(ChannelGuard {
+            channel: channel.clone(),
+        });
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions { global: false })
             .await
@@ -912,9 +919,7 @@ impl RabbitConsumer {
             .map_err(|e| backend_err(&e))?;
         self.current = Some(Current {
             consumer,
-            guard: Arc::new(ChannelGuard {
-                channel: channel.clone(),
-            }),
+            guard,
             channel,
             tag,
         });
@@ -968,12 +973,17 @@ impl Consumer for RabbitConsumer {
                         // Not an arq envelope: reject it to the dead-letter queue (the work
                         // queue dead-letters to it) rather than loop on it.
                         tracing::warn!(queue = %self.config.name, error = %e, "undecodable message; rejecting it to the dead-letter queue");
-                        let _ = acker
-                            .nack(BasicNackOptions {
-                                requeue: false,
-                                multiple: false,
-                            })
-                            .await;
+                        // Sent from its own task: `next` must stay cancel-safe, and a reject
+                        // abandoned half way would leave the message unacknowledged, holding a
+                        // prefetch slot until the channel closes.
+                        tokio::spawn(async move {
+                            let _ = acker
+                                .nack(BasicNackOptions {
+                                    requeue: false,
+                                    multiple: false,
+                                })
+                                .await;
+                        });
                     }
                 },
                 Some(Err(e)) => {

@@ -279,3 +279,41 @@ async fn peek_dead_shows_foreign_messages_in_place() {
     );
     f.cleanup(&t).await;
 }
+
+/// The worker drops a pending `next` whenever nothing is ready at once (and between bursts):
+/// a consumer polled once and dropped over and over still rejects a foreign message to the
+/// dead-letter queue and hands out the good one, and nothing stays unacknowledged.
+#[tokio::test]
+async fn next_dropped_after_every_poll_loses_nothing() {
+    use futures::FutureExt;
+
+    let f = fixture().await;
+    let t = suite::topology(&f, |q| q);
+    let q = Queue::new(f.backend().await, t.clone()).await.unwrap();
+    let qn = suite::qname(&f);
+    let config = t.queue(&qn).unwrap().clone();
+    publish_raw(&f.url, &qn, b"not an envelope", BasicProperties::default()).await;
+    let id = suite::publish(&q, &suite::exchange(&f), Task { n: 7, act: Act::Ok }).await;
+
+    let mut consumer = arq_queue::Backend::consume(q.backend(), &config)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let delivery = loop {
+        // One poll, then the future is dropped, as the worker's burst does.
+        if let Some(Some(d)) = arq_queue::Consumer::next(&mut consumer).now_or_never() {
+            break d.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert_eq!(arq_queue::Delivery::envelope(&delivery).id, id);
+    arq_queue::Delivery::ack(delivery).await.unwrap();
+    // The foreign message went to the dead-letter queue; nothing is left unacknowledged.
+    suite::wait_depth(&q, &qn, |s| s.dead == 1 && s.depth() == 0).await;
+    arq_queue::Consumer::close(consumer).await;
+    f.cleanup(&t).await;
+}

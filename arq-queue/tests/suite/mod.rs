@@ -225,7 +225,7 @@ pub async fn wait_depth<B: Backend>(
     }
 }
 
-fn exchange<F: Fixture>(f: &F) -> String {
+pub fn exchange<F: Fixture>(f: &F) -> String {
     format!("{}.x", f.unique())
 }
 
