@@ -122,6 +122,13 @@ pub trait Consumer: Send + 'static {
 
     /// The next delivery; `None` once the consumer is closed. Errors are transient (the
     /// consumer reconnects); the worker logs them and calls again.
+    ///
+    /// Must be cancel-safe: the worker polls a fresh `next` once whenever it may take another
+    /// delivery and drops it if it is pending, many times a second, so dropping a pending
+    /// future must lose no message and leave none unacknowledged, and a fresh `next` polled
+    /// afterwards must see whatever became ready meanwhile. It should also spend tokio's
+    /// cooperative budget (`tokio::task::coop::consume_budget`) so a backlog does not keep a
+    /// runtime thread.
     fn next(&mut self) -> impl Future<Output = Option<Result<Self::Delivery, QueueError>>> + Send;
 
     /// Stops consuming: deliveries taken from the broker but not handed out go back to the

@@ -205,12 +205,7 @@ impl Backend for MemoryBackend {
                     *len += 1;
                 }
                 _ => {
-                    let t = self.targets(&o.exchange, &o.routing_key)?;
-                    match runs.last_mut() {
-                        // A different key routed to the same queues continues the run.
-                        Some((len, prev)) if Arc::ptr_eq(prev, &t) => *len += 1,
-                        _ => runs.push((1, t)),
-                    }
+                    runs.push((1, self.targets(&o.exchange, &o.routing_key)?));
                     last = Some((&o.exchange, &o.routing_key));
                 }
             }
@@ -375,6 +370,9 @@ impl Consumer for MemoryConsumer {
     // Cancel-safe: a reservation dropped by cancellation is given back, and a wake-up lost to
     // cancellation loses no message.
     async fn next(&mut self) -> Option<Result<MemoryDelivery, QueueError>> {
+        // A backlog is always ready: without spending tokio's cooperative budget, a consume
+        // loop would keep its thread until the queue is empty.
+        tokio::task::coop::consume_budget().await;
         self.reserve().await;
         let mut reservation = Reservation {
             shared: &self.shared,

@@ -958,6 +958,9 @@ impl Consumer for RabbitConsumer {
     type Delivery = RabbitDelivery;
 
     async fn next(&mut self) -> Option<Result<RabbitDelivery, QueueError>> {
+        // lapin's consumer stream spends no cooperative budget of tokio's; a prefetched
+        // backlog would otherwise keep the consume loop's thread.
+        tokio::task::coop::consume_budget().await;
         loop {
             if self.current.is_none()
                 && let Err(e) = self.open().await

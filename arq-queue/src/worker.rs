@@ -365,9 +365,14 @@ impl<B: Backend> Worker<B> {
         token.cancel();
         let mut report = WorkerReport::default();
         while let Some(r) = loops.join_next().await {
-            if let Ok(r) = r {
-                report.settled += r.settled;
-                report.abandoned += r.abandoned;
+            match r {
+                Ok(r) => {
+                    report.settled += r.settled;
+                    report.abandoned += r.abandoned;
+                }
+                // Handler panics are caught; this is a bug in arq or a backend, and it must
+                // not pass silently.
+                Err(e) => tracing::error!(error = %e, "a consume loop ended abnormally"),
             }
         }
         stats.abort();
@@ -423,7 +428,12 @@ async fn consume_loop<C: Consumer>(
                     }
                     let mut end = BurstEnd::Drained;
                     for _ in 1..BURST {
-                        if inflight.len() >= concurrency || token.is_cancelled() {
+                        // Out of tokio's cooperative budget, handlers started now would see
+                        // their own resources report "pending" and wait for no reason.
+                        if inflight.len() >= concurrency
+                            || token.is_cancelled()
+                            || !tokio::task::coop::has_budget_remaining()
+                        {
                             break;
                         }
                         // Cancel-safe (the `Consumer` contract): a pending `next` dropped here
@@ -515,9 +525,10 @@ struct Tally {
     settled: u64,
     enqueue_to_start: LocalHistogram,
     processing: LocalHistogram,
-    /// The wall clock, read once per burst: `created_at_ms` has millisecond resolution, and a
-    /// burst takes well under one.
-    now_ms: Option<u64>,
+    /// The wall clock and the monotonic clock, read together once per burst; each message's
+    /// wall-clock start is derived from its own monotonic reading (which the processing time
+    /// needs anyway), so a burst of slow handlers still reports each one's real start.
+    clock: Option<(u64, tokio::time::Instant)>,
 }
 
 impl Tally {
@@ -540,11 +551,14 @@ impl Tally {
         let env = delivery.envelope();
         let (id, attempt) = (env.id, env.attempt);
         self.delivered += 1;
-        let now_ms = *self.now_ms.get_or_insert_with(now_ms);
+        let started = tokio::time::Instant::now();
+        let (wall0, mono0) = *self.clock.get_or_insert_with(|| (now_ms(), started));
+        let elapsed_ms =
+            u64::try_from(started.duration_since(mono0).as_millis()).unwrap_or(u64::MAX);
+        let now_ms = wall0.saturating_add(elapsed_ms);
         self.enqueue_to_start
             .observe(now_ms.saturating_sub(env.created_at_ms) as f64 / 1000.0);
         let (scope, span, fut) = begin(env, ctx);
-        let started = tokio::time::Instant::now();
         let mut fut = fut;
         let first = {
             let _entered = span.enter();
@@ -651,7 +665,15 @@ fn begin(
     if let Some(t) = &trace {
         span.record("trace_id", t.parent.trace_id_hex());
     }
-    let fut = (ctx.handler)(env, trace);
+    // The handler's synchronous part runs here, before any future exists: a panic in it is
+    // the handler's failure like a panic in its future (retried, then dead-lettered), not the
+    // end of this consume loop.
+    let fut = std::panic::catch_unwind(AssertUnwindSafe(|| (ctx.handler)(env, trace)))
+        .unwrap_or_else(|panic| {
+            let error =
+                HandlerError::retry(format!("handler panicked: {}", panic_message(&*panic)));
+            futures::future::ready(Err(error)).boxed()
+        });
     (scope, span, fut)
 }
 
