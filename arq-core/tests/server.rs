@@ -317,6 +317,47 @@ async fn tls_serves_http1_and_http2_by_alpn() {
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
 
+/// With `server.http2 = false`, TLS connections are HTTP/1.1 only, like cleartext ones: an
+/// HTTP/2 client that skips ALPN and sends the preface anyway is not served.
+#[tokio::test]
+async fn with_http2_off_tls_serves_http1_only() {
+    let pki = pki();
+    let mut cfg = config(&[("ARQ__SERVER__HTTP2", "false")]);
+    cfg.server.tls = Some(TlsConfig::new(
+        pki.dir.join("server.pem"),
+        pki.dir.join("server.key"),
+    ));
+    let s = start(&cfg).await;
+    let connector = tls_client(&pki, false, &[b"http/1.1"]);
+    let (v, status, body) = tls_get(s.addr, &connector, "/hello").await.unwrap();
+    assert_eq!(
+        (v, status, body.as_str()),
+        (Version::HTTP_11, StatusCode::OK, "hello")
+    );
+
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get("https://localhost/hello")
+            .body(Body::empty())
+            .unwrap();
+        send.send_request(req)
+            .await
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("the server neither answered nor closed within 5 s");
+    assert!(served.is_err(), "HTTP/2 was served: {served:?}");
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
 #[tokio::test]
 async fn mutual_tls_requires_a_client_certificate() {
     let pki = pki();

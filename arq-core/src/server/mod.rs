@@ -282,6 +282,7 @@ impl Server {
                         continue;
                     };
                     let mut stopping = stopping.clone();
+                    let (http1, http2) = (http1.clone(), self.http2);
                     tasks.spawn(async move {
                         let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
                         let tls_stream = match handshake {
@@ -298,6 +299,18 @@ impl Server {
                         let certs = tls_stream.get_ref().1.peer_certificates().map(|c| {
                             PeerCertificates(Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()))
                         });
+                        if !http2 {
+                            // hyper-util's `auto` connection serves an HTTP/2 preface even when
+                            // told HTTP/1.1 only; with HTTP/2 off, hyper's HTTP/1.1 connection
+                            // (whose parser rejects a preface) serves TLS too, as it does
+                            // cleartext.
+                            drop(watcher);
+                            let hyper_svc = hyper_service(svc, peer, certs);
+                            if let Err(e) = serve_http1(TokioIo::new(tls_stream), hyper_svc, &http1, &mut stopping).await {
+                                tracing::debug!(error = %e, %peer, "connection ended with an error");
+                            }
+                            return;
+                        }
                         // `auto` reads the first bytes to choose HTTP/1.1 or HTTP/2 before hyper's
                         // header read timeout starts; bound that read too.
                         let start = tokio::select! {
@@ -415,21 +428,38 @@ async fn serve_plain<S>(
         watcher.watch(conn.into_owned()).await
     } else {
         drop(watcher);
-        let conn = http1
-            .serve_connection(TokioIo::new(stream), hyper_svc)
-            .with_upgrades();
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            () = stopped(&mut stopping) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-        .map_err(Into::into)
+        serve_http1(TokioIo::new(stream), hyper_svc, &http1, &mut stopping)
+            .await
+            .map_err(Into::into)
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// Serves one HTTP/1.1 connection on hyper's own HTTP/1.1 connection (upgrades allowed) until
+/// it ends, or until `serve` starts draining, when it finishes the request in flight and closes.
+async fn serve_http1<I, S, B>(
+    io: I,
+    svc: S,
+    http1: &hyper::server::conn::http1::Builder,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http1.serve_connection(io, svc).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(stopping) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 
