@@ -201,7 +201,8 @@ pub struct QueueMetrics {
 pub struct PerQueue {
     /// Deliveries handed to a handler.
     pub delivered: Counter,
-    /// Deliveries acknowledged after success.
+    /// Deliveries acknowledged after success (Redis Streams: queued for the batched `XACK`; an
+    /// entry whose batch failed is redelivered and counted again).
     pub acked: Counter,
     /// Failed attempts scheduled for a retry.
     pub retried: Counter,
