@@ -570,17 +570,7 @@ impl Tally {
             Ok(Poll::Pending) => {
                 let ctx = ctx.clone();
                 inflight.push(Box::pin(async move {
-                    let outcome = LazyTimeout {
-                        fut: AssertUnwindSafe(scope.run(fut)).catch_unwind(),
-                        sleep: None,
-                        limit: ctx.config.handler_timeout,
-                    }
-                    .instrument(span)
-                    .await;
-                    ctx.metrics
-                        .processing
-                        .observe(started.elapsed().as_secs_f64());
-                    finish(delivery, outcome, id, attempt, &ctx).await;
+                    complete(delivery, scope, span, fut, started, &ctx).await;
                 }));
                 return;
             }
@@ -681,7 +671,6 @@ fn begin(
 async fn process<D: Delivery>(delivery: D, ctx: Arc<LoopCtx>) {
     let env = delivery.envelope();
     let id = env.id;
-    let attempt = env.attempt;
     meter(env, &ctx);
     if let Some(store) = ctx.idempotency.as_ref().filter(|_| ctx.config.idempotent) {
         match store.seen(id).await {
@@ -696,6 +685,23 @@ async fn process<D: Delivery>(delivery: D, ctx: Arc<LoopCtx>) {
     }
     let (scope, span, fut) = begin(delivery.envelope(), &ctx);
     let started = tokio::time::Instant::now();
+    complete(delivery, scope, span, fut, started, &ctx).await;
+}
+
+/// Runs a handler's future to its end (in its scope and span, under the handler timeout),
+/// records how long the handler ran since `started`, and settles the delivery.
+async fn complete<D: Delivery>(
+    delivery: D,
+    scope: MessageScope,
+    span: tracing::Span,
+    fut: BoxFuture<'static, Result<(), HandlerError>>,
+    started: tokio::time::Instant,
+    ctx: &LoopCtx,
+) {
+    let (id, attempt) = {
+        let env = delivery.envelope();
+        (env.id, env.attempt)
+    };
     let outcome = LazyTimeout {
         fut: AssertUnwindSafe(scope.run(fut)).catch_unwind(),
         sleep: None,
@@ -706,7 +712,7 @@ async fn process<D: Delivery>(delivery: D, ctx: Arc<LoopCtx>) {
     ctx.metrics
         .processing
         .observe(started.elapsed().as_secs_f64());
-    finish(delivery, outcome, id, attempt, &ctx).await;
+    finish(delivery, outcome, id, attempt, ctx).await;
 }
 
 /// Settles after the handler: ack on success (recording the id for idempotent queues), else
