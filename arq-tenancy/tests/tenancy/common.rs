@@ -1,13 +1,11 @@
-//! Per-test databases: created as `postgres`, migrated as `arq_owner`, used as `arq_app`,
-//! dropped when the handle goes out of scope (also when the test panics).
+//! Per-test databases ([`TestDatabase`]: created as the administrator, dropped when the handle
+//! goes out of scope, also when the test panics), migrated as `arq_owner`, used as `arq_app`.
 
-use std::str::FromStr;
-
-use arq_core::testing::{TestService, require};
 use arq_tenancy::TenantPool;
+use arq_tenancy::testing::{Role, TestDatabase};
 use arq_tenancy::tx::{BeginMode, DEFAULT_STATEMENT_TIMEOUT, DbMetrics};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::{AssertSqlSafe, ConnectOptions, Executor, PgConnection};
 
 /// The schema most tests use: two tenant tables with composite keys.
 pub const FIXTURE: &str = r#"
@@ -34,11 +32,12 @@ SELECT arq.enable_tenant_rls('tasks', 'arq_app');
 GRANT SELECT, INSERT, UPDATE ON arq.tenant_data_keys TO arq_app;
 "#;
 
+/// A [`TestDatabase`] with the support migration, an `arq_owner` pool and an `arq_app` pool.
 pub struct TestDb {
-    pub name: String,
-    base: PgConnectOptions,
     pub owner: PgPool,
     pub app: PgPool,
+    /// Creates, names, connects to and drops the database.
+    pub database: TestDatabase,
 }
 
 impl TestDb {
@@ -51,53 +50,30 @@ impl TestDb {
 
     /// A fresh database with only the support migration.
     pub async fn empty(max: u32) -> Self {
-        let url = require(TestService::Postgres);
-        let base = PgConnectOptions::from_str(&url).unwrap();
-        let name = format!("arq_tenancy_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = base.connect().await.unwrap();
-        admin
-            .execute(AssertSqlSafe(format!(
-                "CREATE DATABASE {name} OWNER arq_owner"
-            )))
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let owner = PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(Self::as_role(&base, &name, "arq_owner"))
-            .await
-            .unwrap();
-        arq_tenancy::migrate::migrator().run(&owner).await.unwrap();
-        let app = PgPoolOptions::new()
-            .max_connections(max)
-            .connect_with(Self::as_role(&base, &name, "arq_app"))
-            .await
-            .unwrap();
+        let database = TestDatabase::create("arq_tenancy").await;
+        database.migrate(&arq_tenancy::migrate::migrator()).await;
+        let owner = database.pool(Role::Owner, 2).await;
+        let app = database.pool(Role::App, max).await;
         Self {
-            name,
-            base,
             owner,
             app,
+            database,
         }
     }
 
-    fn as_role(base: &PgConnectOptions, db: &str, role: &str) -> PgConnectOptions {
-        base.clone().username(role).password(role).database(db)
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        self.database.name()
     }
 
-    /// Options to connect to this database as `role` (password = name).
-    pub fn options(&self, role: &str) -> PgConnectOptions {
-        Self::as_role(&self.base, &self.name, role)
+    /// Options to connect to this database as `role`.
+    pub fn options(&self, role: Role) -> PgConnectOptions {
+        self.database.options(role)
     }
 
-    /// A superuser connection to this database.
+    /// A superuser connection to this database (the administrator, a superuser in development).
     pub async fn superuser(&self) -> PgConnection {
-        self.base
-            .clone()
-            .database(&self.name)
-            .connect()
-            .await
-            .unwrap()
+        self.options(Role::Admin).connect().await.unwrap()
     }
 
     /// The tenant pool over the app pool, with its own metrics registry.
@@ -108,30 +84,6 @@ impl TestDb {
             DEFAULT_STATEMENT_TIMEOUT,
             DbMetrics::register(&arq_core::metrics::MetricsRegistry::new()).unwrap(),
         )
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let base = self.base.clone();
-        let name = self.name.clone();
-        // Drop runs inside a tokio runtime; drop the database from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(mut c) = base.connect().await {
-                    let _ = c
-                        .execute(AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 
@@ -150,7 +102,7 @@ impl TempRole {
             .unwrap();
         Self {
             name,
-            base: db.base.clone().database(&db.name),
+            base: db.options(Role::Admin),
         }
     }
 }

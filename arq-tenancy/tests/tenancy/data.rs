@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arq_core::metrics::MetricsRegistry;
+use arq_tenancy::testing::Role;
 use arq_tenancy::tx::{BeginMode, DEFAULT_STATEMENT_TIMEOUT, DbMetrics, ReplicaOptions};
 use arq_tenancy::{TenantId, TenantPool};
 use axum::body::Body;
@@ -257,7 +258,7 @@ async fn read_only_transactions_run_on_the_replica_with_the_same_rls() {
 
     let mut read = pool.begin_read_only(a).await.unwrap();
     assert!(read.on_replica());
-    assert_eq!(current_database(&mut read).await, replica.name);
+    assert_eq!(current_database(&mut read).await, replica.name());
     let titles: Vec<String> = sqlx::query_scalar("select title from tasks")
         .fetch_all(&mut read)
         .await
@@ -276,7 +277,7 @@ async fn read_only_transactions_run_on_the_replica_with_the_same_rls() {
 
     let mut write = pool.begin(a).await.unwrap();
     assert!(!write.on_replica());
-    assert_eq!(current_database(&mut write).await, primary.name);
+    assert_eq!(current_database(&mut write).await, primary.name());
     write.rollback().await.unwrap();
 
     let checks = pool.health_checks();
@@ -320,7 +321,7 @@ async fn unreachable_replica_falls_back_to_the_primary_logs_once_and_recovers() 
     let replica_pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_millis(300))
-        .connect_lazy_with(replica.options("arq_app").port(port));
+        .connect_lazy_with(replica.options(Role::App).port(port));
     let registry = MetricsRegistry::new();
     let pool = pool_with(&primary, &registry)
         .with_replica(replica_pool, ReplicaOptions::retry_after(Duration::ZERO));
@@ -331,7 +332,7 @@ async fn unreachable_replica_falls_back_to_the_primary_logs_once_and_recovers() 
     for _ in 0..3 {
         let mut tx = pool.begin_read_only(tenant).await.unwrap();
         assert!(!tx.on_replica());
-        assert_eq!(current_database(&mut tx).await, primary.name);
+        assert_eq!(current_database(&mut tx).await, primary.name());
         let write = sqlx::query("insert into tasks (tenant_id, title) values ($1, 'x')")
             .bind(tenant.into_uuid())
             .execute(&mut tx)
@@ -371,7 +372,7 @@ async fn unreachable_replica_falls_back_to_the_primary_logs_once_and_recovers() 
     let proxy = tokio::spawn(forward(listener));
     let mut tx = pool.begin_read_only(tenant).await.unwrap();
     assert!(tx.on_replica());
-    assert_eq!(current_database(&mut tx).await, replica.name);
+    assert_eq!(current_database(&mut tx).await, replica.name());
     drop(tx);
     assert_eq!(
         logs.text().matches("read replica reachable again").count(),
@@ -392,8 +393,8 @@ async fn db_config_defaults_match_the_seed_and_connect() {
     let db = TestDb::new(1).await;
     let url = format!(
         "postgres://arq_app:arq_app@127.0.0.1:{}/{}",
-        db.options("arq_app").get_port(),
-        db.name
+        db.options(Role::App).get_port(),
+        db.name()
     );
     let config = arq_tenancy::DbConfig::new(url.clone());
     assert_eq!(config.max_connections, 20);

@@ -140,11 +140,11 @@ async fn transaction_mode_more_clients_than_servers_stays_isolated() {
     let db = TestDb::new(1).await;
     // Only connections through PgBouncer may be counted below.
     db.app.close().await;
-    let bouncer = Bouncer::start(&db.name);
+    let bouncer = Bouncer::start(db.name());
     let app = PgPoolOptions::new()
         .max_connections(CLIENTS)
         .min_connections(CLIENTS)
-        .connect_with(bouncer.options(&db.name))
+        .connect_with(bouncer.options(db.name()))
         .await
         .unwrap();
     let pool = TenantPool::new(app.clone());
@@ -190,7 +190,7 @@ async fn transaction_mode_more_clients_than_servers_stays_isolated() {
     let servers: i64 = sqlx::query_scalar(
         "select count(*) from pg_stat_activity where datname = $1 and usename = 'arq_app'",
     )
-    .bind(&db.name)
+    .bind(db.name())
     .fetch_one(&mut su)
     .await
     .unwrap();
@@ -230,7 +230,7 @@ async fn a_session_level_setting_leaks_to_another_client() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let bouncer = Bouncer::start(&db.name);
+    let bouncer = Bouncer::start(db.name());
     let mut x = bouncer.options("leaky").connect().await.unwrap();
     let mut y = bouncer.options("leaky").connect().await.unwrap();
     sqlx::query("select set_config('app.tenant_id', $1, false)")
@@ -291,10 +291,11 @@ async fn a_session_level_setting_leaks_to_another_client() {
 async fn db_config_for_pgbouncer_needs_no_persistent_false() {
     let db = TestDb::new(1).await;
     db.app.close().await;
-    let bouncer = Bouncer::start(&db.name);
+    let bouncer = Bouncer::start(db.name());
     let url = format!(
         "postgres://arq_app:arq_app@127.0.0.1:{}/{}",
-        bouncer.port, db.name
+        bouncer.port,
+        db.name()
     );
     let registry = arq_core::metrics::MetricsRegistry::new();
     let pool = arq_tenancy::DbConfig::new(url)
