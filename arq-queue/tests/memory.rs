@@ -36,8 +36,9 @@ mod bursts {
 
     use arq_queue::{
         Backend, Envelope, HandlerError, Job, MemoryBackend, Outgoing, Queue, QueueConfig,
-        QueueMetrics, Topology, Worker,
+        QueueMetrics, QueueStats, Topology, Worker,
     };
+    use tokio::sync::Notify;
 
     use super::suite::{Act, Task};
 
@@ -49,19 +50,51 @@ mod bursts {
             .expect("the worker stopped handling messages")
     }
 
-    async fn backlog(n: u64) -> (Queue<MemoryBackend>, QueueMetrics) {
+    /// Handlers count here; `reached` completes once `at` have run.
+    #[derive(Clone)]
+    struct Countdown {
+        handled: Arc<AtomicU64>,
+        done: Arc<Notify>,
+        at: u64,
+    }
+
+    impl Countdown {
+        fn new(at: u64) -> Self {
+            Self {
+                handled: Arc::default(),
+                done: Arc::default(),
+                at,
+            }
+        }
+
+        fn tick(&self) {
+            if self.handled.fetch_add(1, Ordering::Relaxed) + 1 == self.at {
+                self.done.notify_one();
+            }
+        }
+
+        fn count(&self) -> u64 {
+            self.handled.load(Ordering::Relaxed)
+        }
+
+        async fn reached(&self) {
+            self.done.notified().await;
+        }
+    }
+
+    /// A queue `work` on exchange `x` (bound to `task.#`) with its own metrics.
+    async fn queue(config: QueueConfig) -> (Queue<MemoryBackend>, QueueMetrics) {
         let metrics = QueueMetrics::unregistered();
-        let t = Topology::new(["x"]).queue_config(
-            QueueConfig::new("work")
-                .bind("x", "task.#")
-                .consumers(2)
-                .prefetch(500)
-                .concurrency(100),
-        );
+        let t = Topology::new(["x"]).queue_config(config.bind("x", "task.#"));
         let q = Queue::new(MemoryBackend::new(), t)
             .await
             .unwrap()
             .with_metrics(metrics.clone());
+        (q, metrics)
+    }
+
+    /// Tasks `0..n`, published as one batch.
+    async fn publish_backlog(q: &Queue<MemoryBackend>, n: u64) {
         let (ex, key): (Arc<str>, Arc<str>) = ("x".into(), "task.run".into());
         let batch = (0..n)
             .map(|n| Outgoing {
@@ -71,7 +104,26 @@ mod bursts {
             })
             .collect();
         q.publish_batch(batch).await.unwrap();
+    }
+
+    /// `n` tasks waiting for two consumers.
+    async fn backlog(n: u64) -> (Queue<MemoryBackend>, QueueMetrics) {
+        let (q, metrics) = queue(
+            QueueConfig::new("work")
+                .consumers(2)
+                .prefetch(500)
+                .concurrency(100),
+        )
+        .await;
+        publish_backlog(&q, n).await;
         (q, metrics)
+    }
+
+    async fn stats(q: &Queue<MemoryBackend>) -> QueueStats {
+        q.backend()
+            .stats(q.topology().queue("work").unwrap())
+            .await
+            .unwrap()
     }
 
     /// A backlog many bursts long, on two consumers: each message is handled exactly once,
@@ -81,19 +133,16 @@ mod bursts {
         let n = 20_000u64;
         let (q, metrics) = backlog(n).await;
         let seen: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
-        let handled = Arc::new(AtomicU64::new(0));
-        let all = Arc::new(tokio::sync::Notify::new());
-        let (seen2, handled2, all2) = (seen.clone(), handled.clone(), all.clone());
+        let all = Countdown::new(n);
+        let (seen2, all2) = (seen.clone(), all.clone());
         let report = Worker::new(q.clone())
             .handle("work", move |job: Job<Task>| {
                 seen2[job.payload.n as usize].fetch_add(1, Ordering::Relaxed);
-                if handled2.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                    all2.notify_one();
-                }
+                all2.tick();
                 async { Ok::<(), HandlerError>(()) }
             })
             .unwrap()
-            .run(async move { within(all.notified()).await })
+            .run(async move { within(all.reached()).await })
             .await
             .unwrap();
         assert_eq!(report.settled, n);
@@ -103,11 +152,7 @@ mod bursts {
         assert_eq!(m.acked.get(), n);
         assert_eq!(m.processing.count(), n);
         assert_eq!(m.enqueue_to_start.count(), n);
-        let stats = q
-            .backend()
-            .stats(q.topology().queue("work").unwrap())
-            .await
-            .unwrap();
+        let stats = stats(&q).await;
         assert_eq!((stats.ready, stats.unacked), (0, 0));
     }
 
@@ -116,45 +161,29 @@ mod bursts {
     /// panic message, and the consumer goes on with the others, its metrics intact.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_before_the_handler_future_fails_only_that_message() {
-        let metrics = QueueMetrics::unregistered();
-        let t = Topology::new(["x"]).queue_config(
+        let (q, metrics) = queue(
             QueueConfig::new("work")
-                .bind("x", "task.#")
                 .max_attempts(2)
                 .retry_delay(std::time::Duration::from_millis(10)),
-        );
-        let q = Queue::new(MemoryBackend::new(), t)
-            .await
-            .unwrap()
-            .with_metrics(metrics.clone());
+        )
+        .await;
         for n in 0..20 {
             q.publish(Task { n, act: Act::Ok }).await.unwrap();
         }
-        let handled = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(tokio::sync::Notify::new());
-        let (handled2, done2) = (handled.clone(), done.clone());
-        let q2 = q.clone();
+        let done = Countdown::new(19);
+        let (done2, done3, q2) = (done.clone(), done.clone(), q.clone());
         let report = Worker::new(q.clone())
             .handle("work", move |job: Job<Task>| {
                 assert!(job.payload.n != 10, "no message 10 here");
-                if handled2.fetch_add(1, Ordering::Relaxed) + 1 == 19 {
-                    done2.notify_one();
-                }
+                done2.tick();
                 async { Ok::<(), HandlerError>(()) }
             })
             .unwrap()
             .run(async move {
-                within(done.notified()).await;
+                within(done3.reached()).await;
                 // Both attempts of message 10 have failed once it is dead.
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                while q2
-                    .backend()
-                    .stats(q2.topology().queue("work").unwrap())
-                    .await
-                    .unwrap()
-                    .dead
-                    == 0
-                {
+                while stats(&q2).await.dead == 0 {
                     assert!(
                         tokio::time::Instant::now() < deadline,
                         "message 10 never dead-lettered"
@@ -164,7 +193,7 @@ mod bursts {
             })
             .await
             .unwrap();
-        assert_eq!(handled.load(Ordering::Relaxed), 19);
+        assert_eq!(done.count(), 19);
         let dead = q.peek_dead("work", 10).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].payload.decode::<Task>().unwrap().n, 10);
@@ -188,36 +217,19 @@ mod bursts {
     /// 5 ms, all published at once, waited about 0 + 5 + … + 95 ms between them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn enqueue_to_start_is_measured_per_message_within_a_burst() {
-        let metrics = QueueMetrics::unregistered();
-        let t = Topology::new(["x"])
-            .queue_config(QueueConfig::new("work").bind("x", "task.#").concurrency(1));
-        let q = Queue::new(MemoryBackend::new(), t)
-            .await
-            .unwrap()
-            .with_metrics(metrics.clone());
-        let (ex, key): (Arc<str>, Arc<str>) = ("x".into(), "task.run".into());
-        let batch = (0..20)
-            .map(|n| Outgoing {
-                exchange: ex.clone(),
-                routing_key: key.clone(),
-                envelope: Envelope::new(Task { n, act: Act::Ok }),
-            })
-            .collect();
-        q.publish_batch(batch).await.unwrap();
-        let handled = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(tokio::sync::Notify::new());
-        let (handled2, done2) = (handled.clone(), done.clone());
+        let (q, metrics) = queue(QueueConfig::new("work").concurrency(1)).await;
+        publish_backlog(&q, 20).await;
+        let done = Countdown::new(20);
+        let done2 = done.clone();
         Worker::new(q.clone())
             .handle("work", move |_job: Job<Task>| {
                 // Synchronous work, so the whole backlog is one burst.
                 std::thread::sleep(std::time::Duration::from_millis(5));
-                if handled2.fetch_add(1, Ordering::Relaxed) + 1 == 20 {
-                    done2.notify_one();
-                }
+                done2.tick();
                 async { Ok::<(), HandlerError>(()) }
             })
             .unwrap()
-            .run(async move { within(done.notified()).await })
+            .run(async move { within(done.reached()).await })
             .await
             .unwrap();
         let h = metrics.for_queue("work").enqueue_to_start;
@@ -237,24 +249,19 @@ mod bursts {
         rt.block_on(async {
             let n = 100_000u64;
             let (q, _metrics) = backlog(n).await;
-            let handled = Arc::new(AtomicU64::new(0));
+            let all = Countdown::new(n);
             let seen_by_other_task = Arc::new(AtomicU64::new(u64::MAX));
-            let (h2, seen2) = (handled.clone(), seen_by_other_task.clone());
-            let all = Arc::new(tokio::sync::Notify::new());
-            let all2 = all.clone();
+            let (all2, all3, seen2) = (all.clone(), all.clone(), seen_by_other_task.clone());
             let worker = Worker::new(q.clone())
                 .handle("work", move |_job: Job<Task>| {
-                    if h2.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                        all2.notify_one();
-                    }
+                    all2.tick();
                     async { Ok::<(), HandlerError>(()) }
                 })
                 .unwrap();
-            let run = tokio::spawn(worker.run(async move { all.notified().await }));
+            let run = tokio::spawn(worker.run(async move { all.reached().await }));
             // Give the worker the thread first, then ask for it back.
             tokio::task::yield_now().await;
-            let h3 = handled.clone();
-            tokio::spawn(async move { seen2.store(h3.load(Ordering::Relaxed), Ordering::Relaxed) })
+            tokio::spawn(async move { seen2.store(all3.count(), Ordering::Relaxed) })
                 .await
                 .unwrap();
             run.await.unwrap().unwrap();
@@ -272,30 +279,26 @@ mod bursts {
     async fn a_stop_in_a_backlog_leaves_the_rest_ready() {
         let n = 50_000u64;
         let (q, metrics) = backlog(n).await;
-        let handled = Arc::new(AtomicU64::new(0));
-        let enough = Arc::new(tokio::sync::Notify::new());
-        let (handled2, enough2) = (handled.clone(), enough.clone());
+        let enough = Countdown::new(1_000);
+        let enough2 = enough.clone();
         let report = Worker::new(q.clone())
             .handle("work", move |_job: Job<Task>| {
-                if handled2.fetch_add(1, Ordering::Relaxed) + 1 == 1_000 {
-                    enough2.notify_one();
-                }
+                enough2.tick();
                 async { Ok::<(), HandlerError>(()) }
             })
             .unwrap()
-            .run(async move { within(enough.notified()).await })
+            .run({
+                let enough = enough.clone();
+                async move { within(enough.reached()).await }
+            })
             .await
             .unwrap();
-        let handled = handled.load(Ordering::Relaxed);
+        let handled = enough.count();
         assert!(handled >= 1_000 && handled < n, "handled {handled} of {n}");
         assert_eq!(report.settled, handled);
         assert_eq!(report.abandoned, 0);
         assert_eq!(metrics.for_queue("work").acked.get(), handled);
-        let stats = q
-            .backend()
-            .stats(q.topology().queue("work").unwrap())
-            .await
-            .unwrap();
+        let stats = stats(&q).await;
         assert_eq!(stats.unacked, 0);
         assert_eq!(stats.ready + handled, n, "lost or duplicated messages");
     }
