@@ -92,7 +92,7 @@ pub use backend::{Backend, Consumer, Delivery, Outgoing, QueueStats};
 pub use envelope::{Envelope, Failure, Message, MessageId, NativePayload, Payload};
 pub use error::QueueError;
 pub use memory::{MemoryBackend, MemoryConsumer, MemoryDelivery};
-pub use metrics::{LatencyHistogram, LocalHistogram, PerQueue, QueueMetrics};
+pub use metrics::{LatencyHistogram, PerQueue, QueueMetrics};
 pub use queue::{Queue, QueueInfo};
 pub use scope::MessageScope;
 pub use topology::{Binding, QueueConfig, Topology, topic_matches};

@@ -68,8 +68,7 @@ struct HistogramCells {
 /// Written here rather than using `prometheus_client`'s `Histogram` because the worker records
 /// two observations per message: that histogram takes a mutex per observation, which two
 /// consumers on two cores contend for, and it cannot take observations in bulk. This one is
-/// lock-free, and a consume loop tallies a burst of deliveries in a [`LocalHistogram`] and adds
-/// it in one go (see `docs/bench-queue.md`).
+/// lock-free, and a consume loop tallies a burst of deliveries locally and adds it in one go (see `docs/bench-queue.md`).
 ///
 /// # Example
 /// ```
@@ -137,7 +136,7 @@ impl EncodeMetric for LatencyHistogram {
 
 /// Observations tallied by one task and added to a [`LatencyHistogram`] in one go.
 #[derive(Debug, Clone, Default)]
-pub struct LocalHistogram {
+pub(crate) struct LocalHistogram {
     buckets: [u64; BOUNDS + 1],
     sum: f64,
     count: u64,
@@ -145,14 +144,14 @@ pub struct LocalHistogram {
 
 impl LocalHistogram {
     /// Records one observation, in seconds, locally.
-    pub fn observe(&mut self, secs: f64) {
+    pub(crate) fn observe(&mut self, secs: f64) {
         self.buckets[bucket_of(secs)] += 1;
         self.sum += secs;
         self.count += 1;
     }
 
     /// Adds what was tallied to `into` and starts over.
-    pub fn flush(&mut self, into: &LatencyHistogram) {
+    pub(crate) fn flush(&mut self, into: &LatencyHistogram) {
         if self.count == 0 {
             return;
         }
